@@ -1,0 +1,6 @@
+from .backbones import PromptedViT
+from .class_mapping import ClassPromptMapping
+from .losses import ProxyAnchorLoss
+from .segmentors import DAVPTEncoderDecoder
+
+__all__ = ['PromptedViT', 'ProxyAnchorLoss', 'DAVPTEncoderDecoder', 'ClassPromptMapping']

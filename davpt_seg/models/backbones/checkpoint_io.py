@@ -1,0 +1,102 @@
+"""Reading pretrained ViT weights: timm- and mmseg-format files, on the safe loading path.
+
+Third-party weights never go through full unpickling: ``.pth`` files load with
+``torch.load(weights_only=True)`` and ``.safetensors`` through safetensors.
+"""
+import os.path as osp
+import re
+from collections import OrderedDict
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+# mmseg's VisionTransformer key → timm's VisionTransformer key; the inverse of mmseg's
+# tools/model_converters/vit2mmseg.py.
+_MMSEG_TO_TIMM_BLOCK = (
+    ('attn.attn.in_proj_weight', 'attn.qkv.weight'),
+    ('attn.attn.in_proj_bias', 'attn.qkv.bias'),
+    ('attn.attn.out_proj.', 'attn.proj.'),
+    ('ffn.layers.0.0.', 'mlp.fc1.'),
+    ('ffn.layers.1.', 'mlp.fc2.'),
+    ('ln1.', 'norm1.'),
+    ('ln2.', 'norm2.'),
+)
+
+
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Reads a checkpoint file into a flat ``{key: tensor}`` dict.
+
+    Accepts bare state dicts and the usual wrappers (``state_dict``, ``model``); a full mmseg
+    segmentor checkpoint contributes its ``backbone.*`` weights.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'pretrained checkpoint {path!r} does not exist. Put the ViT weights there '
+            '(see README.md, "Pretrained weights") or set '
+            'model.backbone.init_cfg.checkpoint to the right file.')
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        state = load_file(path, device='cpu')
+    else:
+        try:
+            state = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as error:  # unpickling refused: do not fall back to unsafe loading
+            raise RuntimeError(
+                f'could not read {path!r} as plain tensors ({error}). Pretrained weights are '
+                'loaded with torch.load(weights_only=True) for safety; re-save the file as a '
+                'plain state dict or as .safetensors.') from error
+    for wrapper in ('state_dict', 'model', 'module'):
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    if any(k.startswith('backbone.') for k in state):
+        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    return OrderedDict((k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
+
+
+def is_mmseg_vit(state: Dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith('layers.') for k in state)
+
+
+def mmseg_to_timm(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    converted = OrderedDict()
+    for key, value in state.items():
+        match = re.match(r'layers\.(\d+)\.(.*)', key)
+        if match:
+            index, rest = match.groups()
+            for old, new in _MMSEG_TO_TIMM_BLOCK:
+                if rest.startswith(old):
+                    rest = new + rest[len(old):]
+                    break
+            key = f'blocks.{index}.{rest}'
+        elif key.startswith('patch_embed.projection.'):
+            key = key.replace('patch_embed.projection.', 'patch_embed.proj.')
+        elif key.startswith('ln1.'):  # mmseg's final norm
+            key = 'norm.' + key[len('ln1.'):]
+        elif key.startswith('pre_ln.'):
+            key = 'norm_pre.' + key[len('pre_ln.'):]
+        converted[key] = value
+    weight = converted.get('patch_embed.proj.weight')
+    if weight is not None and 'patch_embed.proj.bias' not in converted:
+        # mmseg's ViT has no patch-embedding bias by default (patch_bias=False): a zero bias
+        # computes the same features.
+        converted['patch_embed.proj.bias'] = weight.new_zeros(weight.shape[0])
+    return converted
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, new_grid: Tuple[int, int],
+                     old_grid: Tuple[int, int], num_prefix: int,
+                     mode: str = 'bicubic') -> torch.Tensor:
+    """Resamples the grid part of a ``(1, prefix + H*W, C)`` position embedding.
+
+    Matches mmseg's ``VisionTransformer.resize_pos_embed`` (``F.interpolate``,
+    ``align_corners=False``, no antialiasing) so features agree with mmseg's ViT at any size.
+    """
+    if tuple(new_grid) == tuple(old_grid):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    channels = grid.shape[-1]
+    grid = grid.reshape(1, old_grid[0], old_grid[1], channels).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode=mode, align_corners=False)
+    grid = grid.to(pos_embed.dtype).flatten(2).transpose(1, 2)
+    return torch.cat([prefix, grid], dim=1)

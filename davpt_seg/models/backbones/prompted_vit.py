@@ -1,0 +1,382 @@
+"""A frozen timm ViT with deep visual prompts, distribution-guided blocks and k/v bias tuning.
+
+The trunk is any timm ``VisionTransformer`` built with ``pretrained=False`` and loaded from a
+local file, so supervised IN-21k, MAE, MoCo v3 or DINOv2 weights all work. Outputs are
+mmseg's: a tuple of NCHW patch-token maps at ``out_indices``, so every mmseg ViT head and neck
+(SETR-PUP, SETR-MLA + ``MLANeck``, SETR-Naive) runs unchanged.
+"""
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from .checkpoint_io import is_mmseg_vit, mmseg_to_timm, read_state_dict, resize_pos_embed
+
+TUNING_MODES = ('linear', 'bias', 'vpt-shallow', 'vpt-deep', 'da-vpt', 'da-vpt+', 'full')
+GUIDED_MODES = ('da-vpt', 'da-vpt+')
+PROMPTED_MODES = ('vpt-shallow', 'vpt-deep', 'da-vpt', 'da-vpt+')
+
+
+@dataclass
+class GuidedBlockOutput:
+    """What one guided block exposes to the metric losses (all ``C`` = attention width)."""
+    block_index: int
+    prompt_queries: torch.Tensor  # (M, C) queries of the guided prompts
+    cls_query: torch.Tensor  # (B, C) query of the CLS token
+    patch_attention: torch.Tensor  # (B, H*W, C) attention output of the patches, pre-projection
+
+
+@dataclass
+class TrunkAuxiliary:
+    """Everything besides the feature maps that a training forward yields."""
+    hw_shape: Tuple[int, int]
+    guided: List[GuidedBlockOutput]
+    last_cls: torch.Tensor  # (B, D) CLS token after the last block
+    last_patches: torch.Tensor  # (B, H*W, D) patch tokens after the last block
+
+
+class KVBiasOffsetLinear(nn.Linear):
+    """The fused qkv projection with a learnable offset on its key and value biases.
+
+    The pretrained weight and bias stay frozen and untouched; the offset starts at zero, so
+    the block computes exactly what the pretrained one did until training moves it.
+    """
+
+    def __init__(self, qkv: nn.Linear):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = qkv.in_features, qkv.out_features
+        self.weight = qkv.weight
+        self.bias = qkv.bias
+        self.query_width = qkv.out_features // 3
+        self.kv_bias_offset = nn.Parameter(
+            torch.zeros(2 * self.query_width, device=qkv.weight.device,
+                        dtype=qkv.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offset = F.pad(self.kv_bias_offset, (self.query_width, 0))
+        bias = offset if self.bias is None else self.bias + offset
+        return F.linear(x, self.weight, bias)
+
+
+def guided_block_forward(block: Block, x: torch.Tensor, num_prefix: int,
+                         num_prompts: int, num_guided: int,
+                         training: bool) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+    """A timm ``Block`` forward that also returns the query and attention-output slices.
+
+    Same arithmetic as ``Block.forward`` with fused attention; the attention map itself is
+    never materialised, so SDPA's flash / memory-efficient kernels stay usable.
+    """
+    attn: Attention = block.attn
+    batch, length, _ = x.shape
+    qkv = attn.qkv(block.norm1(x)).reshape(batch, length, 3, attn.num_heads, attn.head_dim)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    out = F.scaled_dot_product_attention(
+        q, k, v, dropout_p=attn.attn_drop.p if training else 0.)
+    out = attn.norm(out.transpose(1, 2).reshape(batch, length, attn.attn_dim))
+    x = x + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(out))))
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+    queries = q.transpose(1, 2).reshape(batch, length, attn.attn_dim)
+    # Prompts are shared by the batch, so their queries are the same in every sample.
+    prompt_queries = queries[0, num_prefix:num_prefix + num_guided]
+    cls_query = queries[:, 0]
+    patch_attention = out[:, num_prefix + num_prompts:]
+    return x, (prompt_queries, cls_query, patch_attention)
+
+
+@MODELS.register_module()
+class PromptedViT(BaseModule):
+    """ViT with VPT prompts and DA-VPT guided blocks, built from a timm architecture.
+
+    Args:
+        arch: timm model name of a ``VisionTransformer`` (e.g. ``'vit_large_patch16_224'``).
+        img_size: training crop size; the position embedding is kept at this grid and
+            resampled at run time for other input sizes.
+        out_indices: blocks (0-based) whose patch tokens are returned as NCHW maps.
+        tuning_mode: one of ``TUNING_MODES``: what trains besides the heads.
+            ``linear``: nothing; ``bias``: every trunk bias (BitFit); ``vpt-shallow``:
+            prompts at the input only; ``vpt-deep``: fresh prompts in every block;
+            ``da-vpt``: VPT-Deep with guided blocks; ``da-vpt+``: also the attention key and
+            value biases of every block; ``full``: the whole trunk.
+        num_prompts: prompts per block (an int, or one count per block) outside guided blocks.
+        guided_blocks: blocks whose prompts are tied to class clusters (``da-vpt`` modes).
+        num_guided_prompts: ``M``, the guided prompts of each guided block.
+        num_extra_prompts: ``E``, unguided prompts after the guided ones in guided blocks.
+        interpolate_mode: position-embedding resampling (mmseg SETR uses ``'bilinear'``).
+        final_norm: apply the trunk's final norm after the last block (mmseg's meaning).
+        drop_rate: dropout after adding the position embedding.
+        drop_path_rate: stochastic depth of the trunk.
+        with_cp: gradient checkpointing per block (saves memory, costs one extra forward).
+        timm_kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``, ...).
+        init_cfg: ``dict(type='Pretrained', checkpoint=path)`` loads a timm- or mmseg-format
+            ViT checkpoint into the trunk.
+    """
+
+    def __init__(self,
+                 arch: str = 'vit_large_patch16_224',
+                 img_size: Union[int, Sequence[int]] = 512,
+                 out_indices: Sequence[int] = (9, 14, 19, 23),
+                 tuning_mode: str = 'da-vpt',
+                 num_prompts: Union[int, Sequence[int]] = 20,
+                 guided_blocks: Sequence[int] = (11, ),
+                 num_guided_prompts: int = 10,
+                 num_extra_prompts: int = 0,
+                 interpolate_mode: str = 'bicubic',
+                 final_norm: bool = False,
+                 drop_rate: float = 0.,
+                 drop_path_rate: float = 0.,
+                 with_cp: bool = False,
+                 timm_kwargs: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        if tuning_mode not in TUNING_MODES:
+            raise ValueError(f'tuning_mode={tuning_mode!r} is not one of {TUNING_MODES}')
+        self.tuning_mode = tuning_mode
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.interpolate_mode = interpolate_mode
+        self.final_norm = final_norm
+        self.with_cp = with_cp
+
+        not_a_vit = (f'arch={arch!r} is not a timm VisionTransformer; PromptedViT needs a '
+                     'ViT architecture (vit_*, deit*, ...)')
+        try:
+            trunk = timm.create_model(
+                arch, pretrained=False, num_classes=0, img_size=self.img_size,
+                pos_drop_rate=drop_rate, drop_path_rate=drop_path_rate, **(timm_kwargs or {}))
+        except TypeError as error:  # other families reject the ViT arguments
+            raise TypeError(f'{not_a_vit} ({error})') from error
+        if not isinstance(trunk, VisionTransformer):
+            raise TypeError(f'{not_a_vit} (it builds a {type(trunk).__name__})')
+        if not final_norm:
+            trunk.norm = nn.Identity()  # unused modules would be dead weights (and DDP errors)
+        self.trunk = trunk
+        self.depth = len(trunk.blocks)
+        self.embed_dim = trunk.embed_dim
+        self.patch_size = trunk.patch_embed.patch_size
+        self.num_prefix = trunk.num_prefix_tokens
+        self.pos_prefix = 0 if trunk.no_embed_class else self.num_prefix
+        self.pos_grid = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
+
+        self.out_indices = tuple(self._block_index(i, 'out_indices') for i in out_indices)
+        self.guided_blocks = tuple(sorted(
+            self._block_index(i, 'guided_blocks') for i in guided_blocks)) \
+            if tuning_mode in GUIDED_MODES else ()
+        self.num_guided_prompts = num_guided_prompts if self.guided_blocks else 0
+        self.prompt_counts = self._prompt_layout(num_prompts, num_guided_prompts,
+                                                 num_extra_prompts)
+        self._check_guided_blocks()
+        # Keyed by block index; blocks without prompts have no entry (no empty parameters).
+        self.prompts = nn.ParameterDict({
+            str(index): nn.Parameter(torch.zeros(1, count, self.embed_dim))
+            for index, count in enumerate(self.prompt_counts) if count
+        })
+        if tuning_mode == 'da-vpt+':
+            for block in trunk.blocks:
+                block.attn.qkv = KVBiasOffsetLinear(block.attn.qkv)
+        self._freeze()
+        self._init_prompts()
+
+    # ----------------------------------------------------------------- construction helpers
+    def _block_index(self, index: int, what: str) -> int:
+        if not -self.depth <= index < self.depth:
+            raise IndexError(f'{what} contains block {index}, but the trunk has {self.depth} '
+                             f'blocks (valid: 0..{self.depth - 1}, or negative from the end)')
+        return index % self.depth
+
+    def _prompt_layout(self, num_prompts, num_guided, num_extra) -> List[int]:
+        if isinstance(num_prompts, int):
+            counts = [num_prompts] * self.depth
+        else:
+            counts = list(num_prompts)
+            if len(counts) != self.depth:
+                raise ValueError(f'num_prompts has {len(counts)} entries but the trunk has '
+                                 f'{self.depth} blocks: give one count per block or an int')
+        if self.tuning_mode not in PROMPTED_MODES:
+            return [0] * self.depth
+        if self.tuning_mode == 'vpt-shallow':
+            return [counts[0]] + [0] * (self.depth - 1)
+        for index in self.guided_blocks:
+            if num_guided < 1:
+                raise ValueError('num_guided_prompts must be >= 1 in the da-vpt modes')
+            counts[index] = num_guided + num_extra
+        return counts
+
+    def _check_guided_blocks(self):
+        if self.guided_blocks and self.trunk.cls_token is None:
+            raise ValueError('the da-vpt modes need a CLS token (the CLS metric loss); pick a '
+                             'timm arch with class_token=True')
+        for index in self.guided_blocks:
+            block = self.trunk.blocks[index]
+            if type(block) is not Block or type(block.attn) is not Attention or \
+                    getattr(block.attn, 'gate', None) is not None:
+                raise TypeError(f'guided block {index} is a {type(block).__name__}; guided '
+                                'blocks need timm\'s standard Block with Attention')
+
+    def _freeze(self):
+        full = self.tuning_mode == 'full'
+        for name, param in self.trunk.named_parameters():
+            param.requires_grad = full or name.endswith('kv_bias_offset') or (
+                self.tuning_mode == 'bias' and name.endswith('bias'))
+
+    def _init_prompts(self):
+        # VPT's initialisation: uniform with Xavier's bound for a patch-sized fan-in.
+        bound = math.sqrt(6. / float(3 * self.patch_size[0] * self.patch_size[1] +
+                                     self.embed_dim))
+        for prompts in self.prompts.values():
+            nn.init.uniform_(prompts, -bound, bound)
+
+    def trainable_parameter_counts(self) -> dict:
+        counts = {'prompts': 0, 'kv_bias_offsets': 0, 'trunk': 0}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            group = 'prompts' if name.startswith('prompts.') else \
+                'kv_bias_offsets' if name.endswith('kv_bias_offset') else 'trunk'
+            counts[group] += param.numel()
+        return counts
+
+    # ------------------------------------------------------------------ pretrained weights
+    def init_weights(self):
+        init_cfg = self.init_cfg
+        if init_cfg is None:
+            return
+        if not isinstance(init_cfg, dict) or init_cfg.get('type') != 'Pretrained':
+            raise ValueError(f'PromptedViT init_cfg={init_cfg!r}: only '
+                             "dict(type='Pretrained', checkpoint=path) is supported")
+        self.load_pretrained(init_cfg['checkpoint'])
+        self._is_init = True
+
+    def load_pretrained(self, path: str):
+        """Loads a timm- or mmseg-format ViT checkpoint into the trunk.
+
+        Raises when trunk weights are missing (listing them); reports unexpected keys.
+        """
+        state = read_state_dict(path)
+        source_format = 'mmseg' if is_mmseg_vit(state) else 'timm'
+        if source_format == 'mmseg':
+            state = mmseg_to_timm(state)
+        if 'pos_embed' in state and state['pos_embed'].shape != self.trunk.pos_embed.shape:
+            state['pos_embed'] = self._resize_checkpoint_pos_embed(state['pos_embed'], path)
+        trunk_keys = set(self.trunk.state_dict())
+        missing = sorted(k for k in trunk_keys - set(state) if not k.endswith('kv_bias_offset'))
+        if missing:
+            raise KeyError(
+                f'{path!r} ({source_format} format) lacks {len(missing)} trunk weights of '
+                f'{type(self.trunk).__name__} with depth {self.depth} and width '
+                f'{self.embed_dim}: {missing[:12]}{" ..." if len(missing) > 12 else ""}. '
+                'Check that the checkpoint is a ViT of the configured arch/timm_kwargs.')
+        unexpected = sorted(set(state) - trunk_keys)
+        try:
+            self.trunk.load_state_dict({k: v for k, v in state.items() if k in trunk_keys},
+                                       strict=False)
+        except RuntimeError as error:
+            raise RuntimeError(f'{path!r} does not fit the configured trunk: {error}') from error
+        print_log(f'PromptedViT: loaded {len(trunk_keys) - len(missing)} trunk tensors from '
+                  f'{path} ({source_format} format)', logger='current')
+        if unexpected:
+            print_log(f'PromptedViT: ignored {len(unexpected)} checkpoint keys the trunk does '
+                      f'not use: {unexpected[:12]}', logger='current', level=30)
+
+    def _resize_checkpoint_pos_embed(self, pos_embed: torch.Tensor, path: str) -> torch.Tensor:
+        grid_tokens = pos_embed.shape[1] - self.pos_prefix
+        side = int(math.isqrt(grid_tokens))
+        if side * side != grid_tokens or pos_embed.shape[-1] != self.embed_dim:
+            raise ValueError(f'{path!r}: pos_embed of shape {tuple(pos_embed.shape)} does not '
+                             f'fit a square grid of width {self.embed_dim} with '
+                             f'{self.pos_prefix} prefix tokens')
+        print_log(f'PromptedViT: resizing pos_embed from {side}x{side} to {self.pos_grid}',
+                  logger='current')
+        return resize_pos_embed(pos_embed, self.pos_grid, (side, side), self.pos_prefix,
+                                self.interpolate_mode)
+
+    # -------------------------------------------------------------------------- forward
+    def forward(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """mmseg's backbone contract: NCHW maps at ``out_indices``; no guidance work."""
+        outs, _ = self._forward(inputs, with_guidance=False, use_prompts=True)
+        return outs
+
+    def forward_with_guidance(self, inputs: torch.Tensor, use_prompts: bool = True
+                              ) -> Tuple[Tuple[torch.Tensor, ...], TrunkAuxiliary]:
+        """The training forward: the feature maps plus the guided blocks' embeddings.
+
+        ``use_prompts=False`` runs the bare pretrained trunk (the initial class statistics).
+        """
+        return self._forward(inputs, with_guidance=True, use_prompts=use_prompts)
+
+    def _embed(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        # Pad bottom/right to a whole number of patches, as mmseg's ViT ('corner') does.
+        pad_h = -inputs.shape[-2] % self.patch_size[0]
+        pad_w = -inputs.shape[-1] % self.patch_size[1]
+        if pad_h or pad_w:
+            inputs = F.pad(inputs, (0, pad_w, 0, pad_h))
+        patch_embed = self.trunk.patch_embed
+        x = patch_embed.proj(inputs)
+        hw_shape = (x.shape[-2], x.shape[-1])
+        x = patch_embed.norm(x.flatten(2).transpose(1, 2))
+
+        pos_embed = resize_pos_embed(self.trunk.pos_embed, hw_shape, self.pos_grid,
+                                     self.pos_prefix, self.interpolate_mode)
+        prefix = [self.trunk.cls_token, self.trunk.reg_token]
+        prefix = [t.expand(x.shape[0], -1, -1) for t in prefix if t is not None]
+        if self.trunk.no_embed_class:
+            x = torch.cat(prefix + [x + pos_embed], dim=1)
+        else:
+            x = torch.cat(prefix + [x], dim=1) + pos_embed
+        return self.trunk.norm_pre(self.trunk.pos_drop(x)), hw_shape
+
+    def _forward(self, inputs: torch.Tensor, with_guidance: bool, use_prompts: bool):
+        x, hw_shape = self._embed(inputs)
+        batch, prefix = x.shape[0], self.num_prefix
+        deep = self.tuning_mode != 'vpt-shallow'
+        tokens_of_prompts = 0  # prompt tokens currently in the sequence
+        outs, guided = [], []
+        for index, block in enumerate(self.trunk.blocks):
+            if deep or index == 0:
+                count = self.prompt_counts[index] if use_prompts else 0
+                if count or tokens_of_prompts:
+                    # VPT-Deep: the previous block's prompt outputs are dropped and this
+                    # block gets its own fresh prompts.
+                    fresh = [self.prompts[str(index)].expand(batch, -1, -1)] if count else []
+                    x = torch.cat([x[:, :prefix], *fresh, x[:, prefix + tokens_of_prompts:]],
+                                  dim=1)
+                    tokens_of_prompts = count
+
+            if with_guidance and index in self.guided_blocks:
+                x, (prompt_q, cls_q, patch_attn) = self._run(
+                    guided_block_forward, block, x, prefix, tokens_of_prompts,
+                    self.num_guided_prompts if use_prompts else 0, self.training)
+                guided.append(GuidedBlockOutput(index, prompt_q, cls_q, patch_attn))
+            else:
+                x = self._run(block, x)
+
+            if index == self.depth - 1 and self.final_norm:
+                x = self.trunk.norm(x)
+            if index in self.out_indices:
+                outs.append(self._to_map(x[:, prefix + tokens_of_prompts:], hw_shape))
+
+        aux = None
+        if with_guidance:
+            aux = TrunkAuxiliary(hw_shape=hw_shape, guided=guided, last_cls=x[:, 0],
+                                 last_patches=x[:, prefix + tokens_of_prompts:])
+        return tuple(outs), aux
+
+    def _run(self, fn, *args):
+        if self.with_cp and self.training and torch.is_grad_enabled():
+            return cp.checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    @staticmethod
+    def _to_map(tokens: torch.Tensor, hw_shape: Tuple[int, int]) -> torch.Tensor:
+        batch, _, channels = tokens.shape
+        return tokens.reshape(batch, *hw_shape, channels).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,3 @@
+from .proxy_anchor_loss import ProxyAnchorLoss
+
+__all__ = ['ProxyAnchorLoss']

@@ -1,0 +1,56 @@
+"""Proxy-Anchor loss (Kim et al., CVPR 2020) with arbitrary tensors as the proxies."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmseg.registry import MODELS
+
+
+def _log_one_plus_sum_exp(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``log(1 + sum_{mask} exp(logits))`` per column, stable and NaN-free.
+
+    The ``1`` is a zero logit appended to every column, so a column with no selected entry
+    gives exactly 0 with a finite (zero) gradient, where a plain masked logsumexp over an
+    empty set would give ``-inf`` and NaN gradients.
+    """
+    masked = logits.masked_fill(~mask, float('-inf'))
+    zero_row = logits.new_zeros(1, logits.shape[1])
+    return torch.logsumexp(torch.cat([zero_row, masked], dim=0), dim=0)
+
+
+@MODELS.register_module()
+class ProxyAnchorLoss(nn.Module):
+    """Pulls each embedding towards its proxy and pushes it from the others.
+
+    ``L = 1/|P+| sum_{p in P+} log(1 + sum_{x in X_p+} exp(-alpha (s(x, p) - margin)))
+        + 1/|P|  sum_{p in P}  log(1 + sum_{x in X_p-} exp( alpha (s(x, p) + margin)))``
+
+    with ``s`` the cosine similarity, ``P+`` the proxies that have a positive in the batch.
+
+    Args:
+        alpha: scale of the similarities (32 in the paper and the official code).
+        margin: the margin ``delta`` (0.1).
+    """
+
+    def __init__(self, alpha: float = 32., margin: float = 0.1):
+        super().__init__()
+        self.alpha = alpha
+        self.margin = margin
+
+    def forward(self, embeddings: torch.Tensor, proxies: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+        """embeddings (N, D), proxies (M, D), labels (N,) in ``[0, M)`` → scalar loss."""
+        num_proxies = proxies.shape[0]
+        if embeddings.shape[0] == 0:
+            # Keep the proxies in the graph so distributed training sees their gradient.
+            return proxies.sum() * 0.
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_proxies):
+            raise ValueError(f'labels must lie in [0, {num_proxies}), got '
+                             f'[{int(labels.min())}, {int(labels.max())}]')
+        similarity = F.normalize(embeddings.float(), dim=-1) @ \
+            F.normalize(proxies.float(), dim=-1).t()
+        positive = F.one_hot(labels, num_proxies).bool()
+
+        pos_terms = _log_one_plus_sum_exp(-self.alpha * (similarity - self.margin), positive)
+        neg_terms = _log_one_plus_sum_exp(self.alpha * (similarity + self.margin), ~positive)
+        num_with_positives = positive.any(dim=0).sum().clamp(min=1)
+        return pos_terms.sum() / num_with_positives + neg_terms.sum() / num_proxies

@@ -1,0 +1,3 @@
+from .davpt_encoder_decoder import DAVPTEncoderDecoder
+
+__all__ = ['DAVPTEncoderDecoder']

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name='davpt-seg',
+    version='0.1.0',
+    description='DA-VPT (Distribution-Aware Visual Prompt Tuning) for semantic '
+    'segmentation with MMSegmentation 1.x',
+    packages=find_packages(include=['davpt_seg', 'davpt_seg.*']),
+    python_requires='>=3.9',
+    install_requires=[
+        'torch>=2.1',
+        'torchvision>=0.16',
+        'timm>=1.0.3',
+        'mmengine>=0.10.4,<1.0',
+        # mmsegmentation 1.2.2 asserts this range at import time.
+        'mmcv>=2.0.0rc4,<2.2.0',
+        'mmsegmentation>=1.2.2,<1.3',
+        'scikit-learn>=1.3',
+        # mmseg's tokenizer imports these without declaring them.
+        'ftfy',
+        'regex',
+    ],
+    extras_require={
+        'test': ['pytest>=7', 'pytorch-metric-learning>=2.3'],
+    },
+)
