@@ -19,6 +19,8 @@ setup(
         # mmseg's tokenizer imports these without declaring them.
         'ftfy',
         'regex',
+        # mmengine and mmcv import pkg_resources at run time; setuptools 82 removed it.
+        'setuptools<82',
     ],
     extras_require={
         'test': ['pytest>=7', 'pytorch-metric-learning>=2.3'],
