@@ -2,7 +2,7 @@
 
 Configs pull it in with ``custom_imports = dict(imports=['davpt_seg'])``.
 """
-from . import datasets, models  # noqa: F401  (registers the backbone, loss and segmentor)
+from . import datasets, engine, models  # noqa: F401  (registers the modules and the hook)
 from .utils import enable_safe_mmengine_checkpoints
 
 enable_safe_mmengine_checkpoints()

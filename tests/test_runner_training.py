@@ -26,6 +26,10 @@ def test_training_iteration_logs_metric_losses(tmp_path, synthetic_ade):
         assert record['loss_prompt_token'] > 0 and record['loss_prompt_cls'] > 0
         assert record['loss'] > record['decode.loss_ce']
     assert osp.isfile(osp.join(work_dir, 'iter_2.pth'))
+    (log_file, ) = __import__('glob').glob(osp.join(work_dir, '*', '*.log'))
+    with open(log_file) as f:
+        log = f.read()
+    assert 'trainable parameters: ' in log and 'backbone.prompts: ' in log
 
 
 def test_resume_restores_training_state(tmp_path, synthetic_ade):

@@ -1,3 +1,5 @@
+from .checks import DatasetError, check_data_cfg, check_dataset, check_sample
 from .synthetic import ade_class_names, make_ade_like_dataset
 
-__all__ = ['make_ade_like_dataset', 'ade_class_names']
+__all__ = ['make_ade_like_dataset', 'ade_class_names', 'DatasetError', 'check_data_cfg',
+           'check_dataset', 'check_sample']

@@ -20,6 +20,7 @@ from mmseg.registry import MODELS
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
+from ...utils.trainable_checkpoint import restore_frozen_trunk_pre_hook
 from .checkpoint_io import is_mmseg_vit, mmseg_to_timm, read_state_dict, resize_pos_embed
 
 TUNING_MODES = ('linear', 'bias', 'vpt-shallow', 'vpt-deep', 'da-vpt', 'da-vpt+', 'full')
@@ -186,6 +187,9 @@ class PromptedViT(BaseModule):
                 block.attn.qkv = KVBiasOffsetLinear(block.attn.qkv)
         self._freeze()
         self._init_prompts()
+        # Trainable-only checkpoints (tools/export_trainable.py) lack the frozen trunk: any
+        # load_state_dict of one first restores the trunk from init_cfg's pretrained file.
+        self.register_load_state_dict_pre_hook(restore_frozen_trunk_pre_hook)
 
     # ----------------------------------------------------------------- construction helpers
     def _block_index(self, index: int, what: str) -> int:

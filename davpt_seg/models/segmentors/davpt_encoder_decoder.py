@@ -192,9 +192,9 @@ class DAVPTEncoderDecoder(EncoderDecoder):
         counts = self.trainable_parameter_counts()
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(counts.values())
-        print_log(f'trainable parameters: {trainable / 1e6:.2f}M of {total / 1e6:.2f}M '
+        print_log(f'trainable parameters: {trainable:,} of {total:,} '
                   f'({100 * trainable / max(total, 1):.2f}%); ' +
-                  ', '.join(f'{k}: {v / 1e6:.3f}M' for k, v in counts.items()),
+                  ', '.join(f'{k}: {v:,}' for k, v in counts.items()),
                   logger='current')
 
 

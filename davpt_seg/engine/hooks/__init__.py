@@ -1,0 +1,3 @@
+from .semantic_mapping_hook import SemanticMappingHook
+
+__all__ = ['SemanticMappingHook']
