@@ -88,6 +88,17 @@ def test_timm_checkpoint_loads_into_trunk(tmp_path, suffix):
         assert torch.equal(before, after)  # loading touches the trunk only
 
 
+def test_trunk_loads_from_a_davpt_segmentor_checkpoint(tmp_path):
+    trained = build()
+    path = str(tmp_path / 'segmentor.pth')
+    torch.save({'meta': {}, 'state_dict': {f'backbone.{k}': v for k, v in
+                                           trained.state_dict().items()}}, path)
+    fresh = build(init_cfg=dict(type='Pretrained', checkpoint=path))
+    fresh.init_weights()
+    for key, value in fresh.trunk.state_dict().items():
+        assert torch.equal(value, trained.trunk.state_dict()[key]), key
+
+
 def test_missing_trunk_weights_are_listed(tmp_path):
     state = timm.create_model('vit_base_patch16_224', pretrained=False, img_size=32,
                               **TINY_TIMM).state_dict()

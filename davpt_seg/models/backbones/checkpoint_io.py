@@ -28,7 +28,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """Reads a checkpoint file into a flat ``{key: tensor}`` dict.
 
     Accepts bare state dicts and the usual wrappers (``state_dict``, ``model``); a full mmseg
-    segmentor checkpoint contributes its ``backbone.*`` weights.
+    segmentor checkpoint contributes its ``backbone.*`` weights, a davpt-seg one its trunk.
     """
     if not osp.isfile(path):
         raise FileNotFoundError(
@@ -49,8 +49,10 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     for wrapper in ('state_dict', 'model', 'module'):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
-    if any(k.startswith('backbone.') for k in state):
-        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    # A segmentor checkpoint contributes its backbone; one of ours, its PromptedViT trunk.
+    for prefix in ('backbone.', 'trunk.'):
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     return OrderedDict((k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
 
 
