@@ -54,16 +54,24 @@ def _sklearn(sums, counts, num_prompts, seed=0):
                   max_iter=300).fit(_normalised_means(sums, counts))
 
 
+class _Capture(logging.Handler):
+    """Keeps the messages of the logger it is added to."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture
 def log_lines():
     """Messages the current mmengine logger emits during the test."""
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+    logger, capture = MMLogger.get_current_instance(), _Capture()
+    logger.addHandler(capture)
+    yield capture.lines
+    logger.removeHandler(capture)
 
 
 # ----------------------------------------------------------------- clustering, no Runner
@@ -85,7 +93,8 @@ def test_warm_update_on_unchanged_statistics_changes_nothing():
     mapping.recluster(sums, counts)
     mapping_before = mapping.class_to_prompt.clone()
     centroids_before = mapping.centroids.clone()
-    report = mapping.recluster(sums, counts)
+    # Another seed: a warm start has no randomness, a fresh fit would renumber the clusters.
+    report = mapping.recluster(sums, counts, seed=7)
     assert report.warm_start and report.changed == 0 and not report.reseeded
     assert torch.equal(mapping.class_to_prompt, mapping_before)
     assert torch.equal(mapping.centroids, centroids_before)
@@ -95,13 +104,13 @@ def test_warm_update_keeps_cluster_identity():
     """Prompt k keeps meaning cluster k, where a fresh k-means would renumber clusters."""
     sums, counts = _statistics(num_classes=40, num_groups=5, dim=32)
     mapping = ClassPromptMapping(40, 5, 32)
-    mapping.recluster(sums, counts)
+    mapping.recluster(sums, counts, seed=1)
     before = mapping.class_to_prompt.clone()
     drifted = sums + 0.05 * sums.norm(dim=1, keepdim=True) * torch.randn_like(sums)
-    report = mapping.recluster(drifted, counts)
+    report = mapping.recluster(drifted, counts, seed=0)
     assert report.changed == int((mapping.class_to_prompt != before).sum()) <= 2
-    fresh = _sklearn(drifted, counts, 5, seed=1).labels_
-    assert (torch.tensor(fresh) != before).sum() > 10, 'the fresh fit should renumber'
+    fresh = _sklearn(drifted, counts, 5, seed=0).labels_
+    assert (torch.tensor(fresh) != before).sum() > 10, 'a fresh fit renumbers the clusters'
 
 
 def test_unseen_classes_are_spread_over_the_smallest_clusters(log_lines):
@@ -172,6 +181,19 @@ def test_empty_cluster_is_reseeded(log_lines):
         np.testing.assert_allclose(mappings[0].centroids[prompt].double().numpy(),
                                    means[(labels == prompt).numpy()].mean(0), atol=1e-6)
     assert any('re-seeded' in line for line in log_lines)
+
+
+def test_prompt_deserted_at_an_update_is_reseeded(log_lines):
+    """Classes drift away from a prompt: its centroid gets the farthest class, logged."""
+    sums, counts = _statistics()
+    mapping = ClassPromptMapping(12, 4, 16)
+    mapping.recluster(sums, counts)
+    mapping.centroids[2] = -10 * mapping.centroids[2]  # no class is nearest to it any more
+    report = mapping.recluster(sums, counts)
+    assert report.reseeded == [2]
+    assert sorted(mapping.class_to_prompt.unique().tolist()) == [0, 1, 2, 3]
+    assert any('prompts [2] attracted no class at the warm start' in line
+               for line in log_lines)
 
 
 def test_as_many_guided_prompts_as_classes_is_an_error():
@@ -277,6 +299,18 @@ def test_resume_restores_mapping_without_a_second_initial_pass(tmp_path, synthet
     assert torch.equal(mapping.centroids, saved['centroids'])
     assert (mapping.class_count >= saved['class_count']).all()
     assert mapping.class_count.sum() > saved['class_count'].sum(), 'statistics carry on'
+
+
+def test_hook_does_nothing_without_metric_losses(tmp_path, synthetic_ade):
+    """Plain VPT-Deep (beta = gamma = 0) runs the same config with the hook in place."""
+    model = tiny_segmentor(token_loss_weight=0., cls_loss_weight=0.)
+    runner = Runner.from_cfg(Config(_hook_cfg(str(tmp_path / 'work'), synthetic_ade, 2,
+                                              model=model, interval=1)))
+    capture = _Capture()
+    runner.logger.addHandler(capture)
+    runner.train()
+    assert not runner.model.class_mapping.initialized
+    assert any('the hook does nothing' in line for line in capture.lines)
 
 
 def test_dataset_without_eligible_class_is_an_error(tmp_path):

@@ -32,7 +32,7 @@ class MappingUpdate:
     num_seen: int = 0  # classes with statistics
     changed: int = 0  # classes whose prompt changed
     cluster_sizes: List[int] = field(default_factory=list)  # classes per prompt
-    reseeded: List[int] = field(default_factory=list)  # prompts k-means left empty
+    reseeded: List[int] = field(default_factory=list)  # prompts that were empty
     unseen: List[int] = field(default_factory=list)  # classes without statistics
     skipped: bool = False  # mapping and statistics left as they were
 
@@ -102,8 +102,10 @@ class ClassPromptMapping(nn.Module):
         * fewer seen classes than prompts: at the first call each seen class gets its own
           prompt in class order and the unseen classes fill the others; an update is
           skipped, leaving the caller to keep accumulating statistics;
-        * a cluster that k-means leaves empty (class means that coincide) takes the class
-          farthest from its centroid among clusters of two or more (ties: lowest class);
+        * an empty cluster takes the class farthest from its centroid: sklearn does this
+          within k-means for a centroid that no class is nearest to at the warm start;
+          when coinciding class means still leave a cluster empty, the class comes from a
+          cluster of two or more (ties: lowest class index);
         * no seen class: an error at the first call, a skipped update later.
 
         The caller's statistics are not modified; the buffers ``class_to_prompt``,
@@ -144,13 +146,18 @@ class ClassPromptMapping(nn.Module):
             centers = np.zeros((num_prompts, means.shape[1]))
             centers[:len(seen)] = means
         else:
-            seen_labels, centers = self._kmeans(means, seed, max_iter)
-            seen_labels, centers, report.reseeded = _reseed_empty_clusters(
-                means, seen_labels, centers)
-            if report.reseeded:
-                _log(f'k-means left prompts {report.reseeded} without classes (coinciding '
-                     'class means); each re-seeded with the class farthest from its centroid',
+            seen_labels, centers, deserted = self._kmeans(means, seed, max_iter)
+            if deserted:
+                _log(f'prompts {deserted} attracted no class at the warm start; k-means '
+                     're-seeded each with the class farthest from its centroid',
                      level=logging.WARNING)
+            seen_labels, centers, left_empty = _reseed_empty_clusters(
+                means, seen_labels, centers)
+            if left_empty:
+                _log(f'k-means left prompts {left_empty} without classes (coinciding class '
+                     'means); each re-seeded with the class farthest from its centroid',
+                     level=logging.WARNING)
+            report.reseeded = sorted(set(deserted) | set(left_empty))
         labels[seen] = seen_labels
         if len(unseen) and not warm:
             sizes = np.bincount(seen_labels, minlength=num_prompts)
@@ -175,8 +182,15 @@ class ClassPromptMapping(nn.Module):
     def _kmeans(self, means: np.ndarray, seed: int, max_iter: int):
         from sklearn.cluster import KMeans
         from sklearn.exceptions import ConvergenceWarning
+        deserted = []
         if self.initialized:
-            options = dict(init=self.centroids.cpu().double().numpy(), n_init=1)
+            init = self.centroids.cpu().double().numpy()
+            # Clusters whose classes all drifted elsewhere: sklearn relocates them in its
+            # first step (to the farthest class, as _reseed_empty_clusters does); say so.
+            distances = (means ** 2).sum(1)[:, None] - 2 * means @ init.T + \
+                (init ** 2).sum(1)[None]
+            deserted = sorted(set(range(self.num_prompts)) - set(distances.argmin(1).tolist()))
+            options = dict(init=init, n_init=1)
         else:
             options = dict(init='k-means++', n_init=INITIAL_N_INIT)
         # tol=0 runs Lloyd until the assignment stops changing: the stored centroids are
@@ -187,7 +201,7 @@ class ClassPromptMapping(nn.Module):
             # "fewer distinct clusters than n_clusters": handled by the re-seeding, logged.
             warnings.simplefilter('ignore', ConvergenceWarning)
             kmeans.fit(means)
-        return kmeans.labels_.astype(np.int64), kmeans.cluster_centers_
+        return kmeans.labels_.astype(np.int64), kmeans.cluster_centers_, deserted
 
     def extra_repr(self) -> str:
         return (f'num_classes={self.num_classes}, num_prompts={self.num_prompts}, '

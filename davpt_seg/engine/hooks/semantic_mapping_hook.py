@@ -20,9 +20,9 @@ class SemanticMappingHook(Hook):
 
     * Before training, unless the model's mapping is already ``initialized`` (restored by
       ``--resume`` or ``load_from``): one pass of the bare pretrained trunk, without
-      gradients, over the training set in order (training pipeline, one process's shard per
-      process), gathering each class's mean representation; k-means on the normalised class
-      means gives the mapping.
+      gradients, over the training set in order (training pipeline; each process reads its
+      own shard), gathering each class's mean representation; k-means on the normalised
+      class means gives the mapping.
     * During training, every ``interval`` iterations: k-means warm-started from the current
       centroids on the class statistics that the training forwards gathered since the last
       update (no extra forward), so prompt ``k`` keeps cluster ``k``.
