@@ -1,5 +1,6 @@
 # Test (and evaluate) a segmentor: mmseg 1.2.2's tools/test.py with davpt_seg imported, a
-# dataset check before the model build, and the metrics printed and saved as JSON.
+# dataset check before the model build, the metrics printed and saved as JSON
+# (<work_dir>/test_metrics_{ss,ms}.json), and CPU-only torchrun launches (gloo).
 # Single-scale by default (the config's test pipeline); --tta runs mmseg's SegTTAModel over
 # the config's tta_pipeline (scales 0.5-1.75 and horizontal flip): the multi-scale mIoU.
 import argparse
@@ -16,6 +17,7 @@ from mmengine.runner import Runner
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import davpt_seg  # noqa: E402,F401  (registers modules, safe checkpoint loading)
 from davpt_seg.datasets import check_data_cfg  # noqa: E402
+from davpt_seg.launch import setup_cpu_distributed  # noqa: E402
 
 
 # TODO: support fuse_conv_bn, visualization, and format_only
@@ -138,6 +140,9 @@ def main():
     for line in check_data_cfg(cfg, ('test', ), check_samples=not args.no_data_check):
         print_log(f'data check: {line}', logger='current')
 
+    # torchrun on a machine without GPU (tools/dist_*.sh): gloo, no SyncBN.
+    setup_cpu_distributed(cfg, args.launcher)
+
     # build the runner from config
     runner = Runner.from_cfg(cfg)
 
@@ -151,7 +156,8 @@ def main():
         name = 'test_metrics_ms.json' if args.tta else 'test_metrics_ss.json'
         with open(osp.join(cfg.work_dir, name), 'w') as f:
             json.dump(dict(metrics, checkpoint=osp.abspath(args.checkpoint), tta=args.tta,
-                           config=osp.abspath(args.config)), f, indent=2)
+                           config=osp.abspath(args.config)), f, indent=2,
+                      default=float)  # numpy scalars
 
 
 if __name__ == '__main__':

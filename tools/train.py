@@ -1,6 +1,7 @@
 # Train a segmentor: mmseg 1.2.2's tools/train.py with davpt_seg imported (its modules
 # registered, mmengine checkpoints loadable under torch's weights_only default), a check of
-# the datasets before the (slow) model build, and a clear error for --amp without a GPU.
+# the datasets before the (slow) model build, a clear error for --amp without a GPU, and
+# torchrun launches (tools/dist_train.sh) that also work on CPU-only machines (gloo).
 import argparse
 import logging
 import os
@@ -17,6 +18,7 @@ from mmseg.registry import RUNNERS
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import davpt_seg  # noqa: E402,F401  (registers modules, safe checkpoint loading)
 from davpt_seg.datasets import check_data_cfg  # noqa: E402
+from davpt_seg.launch import has_accelerator, setup_cpu_distributed  # noqa: E402
 
 
 def parse_args():
@@ -66,10 +68,7 @@ def parse_args():
 
 def amp_device_error():
     """Why --amp cannot run here, or None (mmengine's AmpOptimWrapper only asserts)."""
-    from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
-                                 is_npu_available)
-    if any(f() for f in (is_cuda_available, is_npu_available, is_mlu_available,
-                         is_musa_available)):
+    if has_accelerator():
         return None
     return ('--amp needs a GPU (CUDA, NPU, MLU or MUSA), but none is available here: '
             'mixed precision only pays off on an accelerator. Drop --amp to train in fp32 on '
@@ -120,6 +119,9 @@ def main():
     splits = ('train', 'val') if cfg.get('val_cfg') else ('train', )
     for line in check_data_cfg(cfg, splits, check_samples=not args.no_data_check):
         print_log(f'data check: {line}', logger='current')
+
+    # torchrun on a machine without GPU (tools/dist_*.sh): gloo, no SyncBN.
+    setup_cpu_distributed(cfg, args.launcher)
 
     # build the runner from config
     if 'runner_type' not in cfg:

@@ -97,7 +97,9 @@ def check_dataset(dataset_cfg: dict, split: str = 'train', check_samples: bool =
                                                                                   ''))),
                   dataset_type, split)
         for sample in samples:
-            check_sample(sample['img_path'], sample.get('seg_map_path'), dataset_type, split)
+            if 'img_path' in sample:  # a non-mmseg dataset may describe samples otherwise
+                check_sample(sample['img_path'], sample.get('seg_map_path'), dataset_type,
+                             split)
         checked += len(samples)
     return checked
 

@@ -50,8 +50,9 @@ def render_sample(num_classes: int, size: int, rng: np.random.Generator):
     """One (image HxWx3 uint8, label HxW uint8) pair."""
     background = int(rng.integers(1, 3))  # classes 1 and 2 are "stuff"
     label = np.full((size, size), background, dtype=np.uint8)
-    num_objects = int(rng.integers(1, 4))
-    for cls in rng.choice(np.arange(3, num_classes + 1), size=num_objects, replace=False):
+    objects = np.arange(3, num_classes + 1)
+    num_objects = min(int(rng.integers(1, 4)), len(objects))
+    for cls in rng.choice(objects, size=num_objects, replace=False):
         label[_shape_mask(SHAPES[cls % len(SHAPES)], size, size, rng)] = cls
     label[:, :2] = 0  # a strip of "other": exercises reduce_zero_label / ignore
     image = np.empty((size, size, 3), dtype=np.float32)

@@ -1,0 +1,6 @@
+# The VPT-Deep baseline on SETR-PUP ViT-L/16, PASCAL Context-59 (background ignored),
+# 480x480, 80k iterations. No published target: the paper's table 2 reports the 60-class
+# protocol (VPT 49.51 / 50.46, setr_pup_vpt_pascal_context.py).
+_base_ = ['./setr_pup_davpt_pascal_context_59.py']
+model = dict(backbone=dict(tuning_mode='vpt-deep'), token_loss_weight=0., cls_loss_weight=0.)
+custom_hooks = []  # no guided prompts, so no class mapping to cluster

@@ -1,0 +1,49 @@
+"""Distributed runs of tools/train.py and tools/test.py on machines without a GPU.
+
+mmengine's ``pytorch`` launcher calls ``torch.cuda.set_device`` and its default DDP wrapper
+pins ``device_ids`` to the local rank, so ``tools/dist_train.sh CONFIG 2`` dies on a CPU-only
+machine. Here the tools start the gloo process group themselves (mmengine then uses it as
+it is), wrap the model without device ids, and turn SyncBN into BN (SyncBN has no CPU
+kernel; each process then normalises over its own batch). BN running statistics are then
+per process (buffers are not broadcast: the SemanticMappingHook needs each process's own
+class statistics), so the validation at the end of a multi-process run can differ slightly
+from testing the saved rank-0 checkpoint. On GPUs none of this applies.
+"""
+import copy
+
+import torch.distributed as dist
+from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
+                             is_npu_available)
+from mmengine.logging import print_log
+
+
+def has_accelerator() -> bool:
+    return any(f() for f in (is_cuda_available, is_npu_available, is_mlu_available,
+                             is_musa_available))
+
+
+def _sync_bn_to_bn(node):
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+        for value in node.values():
+            _sync_bn_to_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _sync_bn_to_bn(value)
+
+
+def setup_cpu_distributed(cfg, launcher: str) -> bool:
+    """Prepares ``cfg`` for a torchrun launch without accelerators; True when it did."""
+    if launcher != 'pytorch' or has_accelerator():
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group('gloo')  # env:// set by torchrun
+    wrapper = copy.deepcopy(cfg.get('model_wrapper_cfg') or {})
+    wrapper.setdefault('type', 'MMDistributedDataParallel')
+    wrapper.update(device_ids=None, broadcast_buffers=False)
+    cfg.model_wrapper_cfg = wrapper
+    _sync_bn_to_bn(cfg.model)
+    print_log(f'CPU distributed run: gloo, {dist.get_world_size()} processes; SyncBN -> BN',
+              logger='current', level=30)
+    return True
