@@ -84,8 +84,9 @@ def restore_frozen_trunk_pre_hook(module, state_dict, prefix, local_metadata, st
     absent = [k for k in frozen if prefix + k not in state_dict]
     if not absent or len(absent) != len(frozen):
         return
-    if not any(k.startswith(prefix) for k in state_dict) and signature is None:
-        return  # nothing for this backbone at all: not a trainable-only checkpoint
+    trained = set(module.state_dict()) - set(frozen)
+    if signature is None and not any(prefix + k in state_dict for k in trained):
+        return  # none of this backbone's own weights either: not a trainable-only export
     path = _pretrained_path(module)
     if not path:
         raise RuntimeError(
