@@ -47,3 +47,15 @@ def setup_cpu_distributed(cfg, launcher: str) -> bool:
     print_log(f'CPU distributed run: gloo, {dist.get_world_size()} processes; SyncBN -> BN',
               logger='current', level=30)
     return True
+
+
+def finish_distributed() -> None:
+    """Tears the process group down before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads may still run while their objects
+    are destroyed, and a rank then aborts ("terminate called without an active exception")
+    after a successful run, failing torchrun.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -17,7 +17,7 @@ from mmengine.runner import Runner
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import davpt_seg  # noqa: E402,F401  (registers modules, safe checkpoint loading)
 from davpt_seg.datasets import check_data_cfg  # noqa: E402
-from davpt_seg.launch import setup_cpu_distributed  # noqa: E402
+from davpt_seg.launch import finish_distributed, setup_cpu_distributed  # noqa: E402
 
 
 # TODO: support fuse_conv_bn, visualization, and format_only
@@ -162,3 +162,4 @@ def main():
 
 if __name__ == '__main__':
     main()
+    finish_distributed()

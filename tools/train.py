@@ -18,7 +18,8 @@ from mmseg.registry import RUNNERS
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import davpt_seg  # noqa: E402,F401  (registers modules, safe checkpoint loading)
 from davpt_seg.datasets import check_data_cfg  # noqa: E402
-from davpt_seg.launch import has_accelerator, setup_cpu_distributed  # noqa: E402
+from davpt_seg.launch import (finish_distributed, has_accelerator,  # noqa: E402
+                              setup_cpu_distributed)
 
 
 def parse_args():
@@ -138,3 +139,4 @@ def main():
 
 if __name__ == '__main__':
     main()
+    finish_distributed()
