@@ -5,11 +5,9 @@
 # the config's tta_pipeline (scales 0.5-1.75 and horizontal flip): the multi-scale mIoU.
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 from mmengine.runner import Runner
@@ -17,7 +15,8 @@ from mmengine.runner import Runner
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import davpt_seg  # noqa: E402,F401  (registers modules, safe checkpoint loading)
 from davpt_seg.datasets import check_data_cfg  # noqa: E402
-from davpt_seg.launch import finish_distributed, setup_cpu_distributed  # noqa: E402
+from davpt_seg.launch import (add_common_arguments, finish_distributed, load_config,  # noqa: E402,E501
+                              parse_arguments, setup_cpu_distributed)
 
 
 # TODO: support fuse_conv_bn, visualization, and format_only
@@ -44,37 +43,11 @@ def parse_args():
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument(
         '--tta',
         action='store_true',
         help='Test time augmentation: multi-scale (0.5-1.75) + flip')
-    parser.add_argument(
-        '--no-data-check',
-        action='store_true',
-        help='skip the check that every image has a label file of its size')
-    # When using PyTorch version >= 2.0.0, the `torch.distributed.launch`
-    # will pass the `--local-rank` parameter to `tools/train.py` instead
-    # of `--local_rank`.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-
-    return args
+    add_common_arguments(parser)
+    return parse_arguments(parser)
 
 
 def trigger_visualization_hook(cfg, args):
@@ -101,20 +74,7 @@ def trigger_visualization_hook(cfg, args):
 def main():
     args = parse_args()
 
-    # load config
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir is determined in this priority: CLI > segment in file > filename
-    if args.work_dir is not None:
-        # update configs according to CLI args if args.work_dir is not None
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        # use config filename as default work_dir if cfg.work_dir is None
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
 
     if not osp.isfile(args.checkpoint):
         sys.exit(f'error: checkpoint {args.checkpoint!r} does not exist')

@@ -4,11 +4,9 @@
 # torchrun launches (tools/dist_train.sh) that also work on CPU-only machines (gloo).
 import argparse
 import logging
-import os
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
@@ -18,8 +16,8 @@ from mmseg.registry import RUNNERS
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import davpt_seg  # noqa: E402,F401  (registers modules, safe checkpoint loading)
 from davpt_seg.datasets import check_data_cfg  # noqa: E402
-from davpt_seg.launch import (finish_distributed, has_accelerator,  # noqa: E402
-                              setup_cpu_distributed)
+from davpt_seg.launch import (add_common_arguments, finish_distributed, load_config,  # noqa: E402,E501
+                              has_accelerator, parse_arguments, setup_cpu_distributed)
 
 
 def parse_args():
@@ -36,35 +34,8 @@ def parse_args():
         action='store_true',
         default=False,
         help='enable automatic-mixed-precision training (needs a GPU)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument(
-        '--no-data-check',
-        action='store_true',
-        help='skip the check that every image has a label file of its size '
-        '(dataset roots and split folders are still checked)')
-    # When using PyTorch version >= 2.0.0, the `torch.distributed.launch`
-    # will pass the `--local-rank` parameter to `tools/train.py` instead
-    # of `--local_rank`.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-
-    return args
+    add_common_arguments(parser)
+    return parse_arguments(parser)
 
 
 def amp_device_error():
@@ -79,20 +50,7 @@ def amp_device_error():
 def main():
     args = parse_args()
 
-    # load config
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir is determined in this priority: CLI > segment in file > filename
-    if args.work_dir is not None:
-        # update configs according to CLI args if args.work_dir is not None
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        # use config filename as default work_dir if cfg.work_dir is None
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
 
     # enable automatic-mixed-precision training
     if args.amp is True:
