@@ -41,15 +41,18 @@ for spec in sys.argv[1:]:
 PY
 }
 
-# mmcv's setup.py and mmengine import pkg_resources, removed in setuptools 82.
-if ! has wheel || ! "$py" -c 'import pkg_resources' 2>/dev/null; then
-  "${pip[@]}" install -q "setuptools<82" wheel
-fi
+# mmcv's setup.py and mmengine import pkg_resources, removed in setuptools 82. Every install
+# below repeats the pin: torch, for one, requires setuptools and would otherwise upgrade it.
+setuptools_pin="setuptools<82"
 
 # shellcheck disable=SC2086
 if ! has $torch_spec; then
   log "installing $torch_spec"
-  "${pip[@]}" install -q $torch_spec
+  "${pip[@]}" install -q $torch_spec "$setuptools_pin"
+fi
+
+if ! has wheel || ! "$py" -c 'import pkg_resources' 2>/dev/null; then
+  "${pip[@]}" install -q "$setuptools_pin" wheel
 fi
 
 if ! has "mmcv==$mmcv_version" || ! "$py" -c 'from mmcv.ops import nms' 2>/dev/null; then
@@ -75,13 +78,14 @@ if ! has "mmcv==$mmcv_version" || ! "$py" -c 'from mmcv.ops import nms' 2>/dev/n
   fi
   log "installing $wheel"
   "${pip[@]}" install -q --no-deps --force-reinstall "$wheel"
-  "${pip[@]}" install -q addict "numpy" "opencv-python" packaging Pillow pyyaml yapf mmengine
+  "${pip[@]}" install -q addict numpy opencv-python packaging Pillow pyyaml yapf mmengine \
+    "$setuptools_pin"
 fi
 
 stamp="$venv/.davpt-seg-installed"
 if [ ! -f "$stamp" ] || [ "$repo_root/setup.py" -nt "$stamp" ]; then
   log "installing davpt-seg (editable) and its dependencies"
-  "${pip[@]}" install -q -e "$repo_root[test]"
+  "${pip[@]}" install -q -e "$repo_root[test]" "$setuptools_pin"
   touch "$stamp"
 fi
 
