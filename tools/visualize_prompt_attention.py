@@ -75,17 +75,11 @@ def load_model(config_path, checkpoint_path, device='cpu'):
     trainable-only) on ``device``, in eval mode; returns (model, cfg, checkpoint meta)."""
     import torch
     from mmengine.config import Config
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import init_default_scope
     from mmengine.runner import load_checkpoint
-    from mmseg.registry import MODELS
 
-    import davpt_seg  # noqa: F401  (registers modules, safe checkpoint loading)
+    from davpt_seg.utils.trainable_checkpoint import build_model_from_checkpoint_cfg
     cfg = Config.fromfile(config_path)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model_cfg = cfg.model.copy()
-    model_cfg.pop('pretrained', None)
-    model = revert_sync_batchnorm(MODELS.build(model_cfg))
+    model = build_model_from_checkpoint_cfg(cfg)
     if not hasattr(model.backbone, 'prompt_counts'):
         raise TypeError(f'{config_path}: the backbone is a {type(model.backbone).__name__}; '
                         'prompt attention maps need the PromptedViT backbone')

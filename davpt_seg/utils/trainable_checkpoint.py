@@ -139,7 +139,9 @@ def _to_plain(obj):
 
 
 def build_model_from_checkpoint_cfg(cfg):
-    """Builds the segmentor of ``cfg`` on the CPU (weights random; only structure matters)."""
+    """Builds the segmentor of ``cfg`` on the CPU, weights as constructed, SyncBN as BN
+    (same state-dict keys; SyncBN cannot run outside torch.distributed)."""
+    from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
@@ -147,17 +149,7 @@ def build_model_from_checkpoint_cfg(cfg):
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model_cfg = cfg.model.copy()
     model_cfg.pop('pretrained', None)
-    # SyncBN only builds under torch.distributed; BN has the same state-dict keys.
-    return MODELS.build(_sync_bn_to_bn(model_cfg))
-
-
-def _sync_bn_to_bn(cfg):
-    if isinstance(cfg, dict):
-        return type(cfg)({k: ('BN' if k == 'type' and v == 'SyncBN' else _sync_bn_to_bn(v))
-                          for k, v in cfg.items()})
-    if isinstance(cfg, (list, tuple)):
-        return type(cfg)(_sync_bn_to_bn(v) for v in cfg)
-    return cfg
+    return revert_sync_batchnorm(MODELS.build(model_cfg))
 
 
 def split_trainable_state(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
