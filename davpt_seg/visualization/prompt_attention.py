@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.backbones.prompted_vit import block_qkv
+
 SOFTMAX_OVER = ('all', 'patches')
 
 
@@ -58,12 +60,8 @@ def attention_rows(block, x: torch.Tensor, rows: Sequence[int],
     """
     if softmax_over not in SOFTMAX_OVER:
         raise ValueError(f'softmax_over={softmax_over!r} is not one of {SOFTMAX_OVER}')
-    attn = block.attn
-    batch, length, _ = x.shape
-    qkv = attn.qkv(block.norm1(x)).reshape(batch, length, 3, attn.num_heads, attn.head_dim)
-    q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    logits = (q[:, :, list(rows)] * attn.scale) @ k.transpose(-2, -1)
+    q, k, _ = block_qkv(block, x)
+    logits = (q[:, :, list(rows)] * block.attn.scale) @ k.transpose(-2, -1)
     if softmax_over == 'all':
         return logits.float().softmax(-1)[..., key_start:]
     return logits[..., key_start:].float().softmax(-1)

@@ -69,6 +69,17 @@ class KVBiasOffsetLinear(nn.Linear):
         return F.linear(x, self.weight, bias)
 
 
+def block_qkv(block: Block, x: torch.Tensor
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-head (B, heads, L, head_dim) query, key and value that ``block`` attends with,
+    for its input ``x`` (before ``norm1``): the same ones as its own forward."""
+    attn: Attention = block.attn
+    batch, length, _ = x.shape
+    qkv = attn.qkv(block.norm1(x)).reshape(batch, length, 3, attn.num_heads, attn.head_dim)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    return attn.q_norm(q), attn.k_norm(k), v
+
+
 def guided_block_forward(block: Block, x: torch.Tensor, num_prefix: int,
                          num_prompts: int, num_guided: int,
                          training: bool) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
@@ -79,9 +90,7 @@ def guided_block_forward(block: Block, x: torch.Tensor, num_prefix: int,
     """
     attn: Attention = block.attn
     batch, length, _ = x.shape
-    qkv = attn.qkv(block.norm1(x)).reshape(batch, length, 3, attn.num_heads, attn.head_dim)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = block_qkv(block, x)
     out = F.scaled_dot_product_attention(
         q, k, v, dropout_p=attn.attn_drop.p if training else 0.)
     out = attn.norm(out.transpose(1, 2).reshape(batch, length, attn.attn_dim))
