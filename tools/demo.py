@@ -99,8 +99,10 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                PYTHONWARNINGS='ignore')
 
+    from mmengine.config import Config
+
     from davpt_seg.datasets import make_ade_like_dataset
-    num_classes = 6  # as in configs/demo_davpt_synthetic.py
+    num_classes = Config.fromfile(CONFIG).num_classes  # the data must match the model
     make_ade_like_dataset(data_root, num_train=args.num_train, num_val=args.num_val, size=64,
                           num_classes=num_classes, seed=args.seed)
     print(f'[demo] synthetic dataset: {args.num_train} train / {args.num_val} val images, '
