@@ -2,7 +2,7 @@
 
 Configs pull it in with ``custom_imports = dict(imports=['davpt_seg'])``.
 """
-from . import datasets, engine, models  # noqa: F401  (registers the modules and the hook)
+from . import datasets, engine, evaluation, models  # noqa: F401  (registers the modules)
 from .utils import enable_safe_mmengine_checkpoints
 
 enable_safe_mmengine_checkpoints()

@@ -137,7 +137,7 @@ def test_region_pooling_averages_the_assigned_class_cells():
 
     model.metric_loss.register_forward_pre_hook(record_first_call)
     model._metric_losses(aux, make_data_samples(labels))
-    expected = aux.guided[0].patch_attention[:, :2].mean(1)
+    expected = aux.guided[0].patches.attention[:, :2].mean(1)
     torch.testing.assert_close(seen['tokens'], expected)
 
 

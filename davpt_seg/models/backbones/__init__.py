@@ -1,4 +1,5 @@
-from .prompted_vit import (GuidedBlockOutput, PromptedViT, TrunkAuxiliary,
-                           TUNING_MODES)
+from .prompted_vit import (TOKEN_SPACES, TUNING_MODES, GuidedBlockOutput, PromptedViT,
+                           TokenSpaces, TrunkAuxiliary)
 
-__all__ = ['PromptedViT', 'GuidedBlockOutput', 'TrunkAuxiliary', 'TUNING_MODES']
+__all__ = ['PromptedViT', 'GuidedBlockOutput', 'TokenSpaces', 'TrunkAuxiliary', 'TUNING_MODES',
+           'TOKEN_SPACES']

@@ -28,13 +28,36 @@ GUIDED_MODES = ('da-vpt', 'da-vpt+')
 PROMPTED_MODES = ('vpt-shallow', 'vpt-deep', 'da-vpt', 'da-vpt+')
 
 
+# The spaces in which a guided block exposes its tokens to the metric losses.
+TOKEN_SPACES = ('input', 'query', 'key', 'attention')
+
+
+@dataclass
+class TokenSpaces:
+    """One group of tokens of a guided block, in every space the metric losses can compare.
+
+    ``input``: the block's input (before ``norm1``, width ``D``); ``query`` / ``key``: what
+    the attention compares (heads concatenated, width ``C``); ``attention``: the attention
+    output, heads concatenated, before the output projection (width ``C``).
+    """
+    input: torch.Tensor
+    query: torch.Tensor
+    key: torch.Tensor
+    attention: torch.Tensor
+
+    def __getitem__(self, space: str) -> torch.Tensor:
+        if space not in TOKEN_SPACES:
+            raise KeyError(f'token space {space!r} is not one of {TOKEN_SPACES}')
+        return getattr(self, space)
+
+
 @dataclass
 class GuidedBlockOutput:
-    """What one guided block exposes to the metric losses (all ``C`` = attention width)."""
+    """What one guided block exposes to the metric losses."""
     block_index: int
-    prompt_queries: torch.Tensor  # (M, C) queries of the guided prompts
-    cls_query: torch.Tensor  # (B, C) query of the CLS token
-    patch_attention: torch.Tensor  # (B, H*W, C) attention output of the patches, pre-projection
+    prompts: TokenSpaces  # (M, width): the guided prompts (shared by the batch)
+    cls: TokenSpaces  # (B, width): the CLS token
+    patches: TokenSpaces  # (B, H*W, width): the patch tokens
 
 
 @dataclass
@@ -81,9 +104,10 @@ def block_qkv(block: Block, x: torch.Tensor
 
 
 def guided_block_forward(block: Block, x: torch.Tensor, num_prefix: int,
-                         num_prompts: int, num_guided: int,
-                         training: bool) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
-    """A timm ``Block`` forward that also returns the query and attention-output slices.
+                         num_prompts: int, num_guided: int, training: bool
+                         ) -> Tuple[torch.Tensor, Tuple[TokenSpaces, TokenSpaces, TokenSpaces]]:
+    """A timm ``Block`` forward that also returns the guided prompts, CLS and patch tokens
+    in every space of ``TokenSpaces``.
 
     Same arithmetic as ``Block.forward`` with fused attention; the attention map itself is
     never materialised, so SDPA's flash / memory-efficient kernels stay usable.
@@ -94,15 +118,20 @@ def guided_block_forward(block: Block, x: torch.Tensor, num_prefix: int,
     out = F.scaled_dot_product_attention(
         q, k, v, dropout_p=attn.attn_drop.p if training else 0.)
     out = attn.norm(out.transpose(1, 2).reshape(batch, length, attn.attn_dim))
-    x = x + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(out))))
-    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    x_out = x + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(out))))
+    x_out = x_out + block.drop_path2(block.ls2(block.mlp(block.norm2(x_out))))
 
-    queries = q.transpose(1, 2).reshape(batch, length, attn.attn_dim)
-    # Prompts are shared by the batch, so their queries are the same in every sample.
-    prompt_queries = queries[0, num_prefix:num_prefix + num_guided]
-    cls_query = queries[:, 0]
-    patch_attention = out[:, num_prefix + num_prompts:]
-    return x, (prompt_queries, cls_query, patch_attention)
+    def heads_joined(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(1, 2).reshape(batch, length, attn.attn_dim)
+
+    spaces = dict(input=x, query=heads_joined(q), key=heads_joined(k), attention=out)
+    patch_start = num_prefix + num_prompts
+    # Prompts are shared by the batch, so they are the same in every sample: take sample 0.
+    prompts = TokenSpaces(**{name: t[0, num_prefix:num_prefix + num_guided]
+                             for name, t in spaces.items()})
+    cls = TokenSpaces(**{name: t[:, 0] for name, t in spaces.items()})
+    patches = TokenSpaces(**{name: t[:, patch_start:] for name, t in spaces.items()})
+    return x_out, (prompts, cls, patches)
 
 
 @MODELS.register_module()
@@ -366,10 +395,10 @@ class PromptedViT(BaseModule):
                     tokens_of_prompts = count
 
             if with_guidance and index in self.guided_blocks:
-                x, (prompt_q, cls_q, patch_attn) = self._run(
+                x, (prompts, cls, patches) = self._run(
                     guided_block_forward, block, x, prefix, tokens_of_prompts,
                     self.num_guided_prompts if use_prompts else 0, self.training)
-                guided.append(GuidedBlockOutput(index, prompt_q, cls_q, patch_attn))
+                guided.append(GuidedBlockOutput(index, prompts, cls, patches))
             else:
                 x = self._run(block, x)
 

@@ -4,6 +4,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
+POSITIVE_AVERAGES = ('positive_proxies', 'all_proxies')
+
 
 def _log_one_plus_sum_exp(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``log(1 + sum_{mask} exp(logits))`` per column, stable and NaN-free.
@@ -29,12 +31,21 @@ class ProxyAnchorLoss(nn.Module):
     Args:
         alpha: scale of the similarities (32 in the paper and the official code).
         margin: the margin ``delta`` (0.1).
+        positive_average: what the positive term is averaged over: ``'positive_proxies'``
+            (``P+``, the paper's and Kim et al.'s formula) or ``'all_proxies'`` (``P``, the
+            authors' release). The release also multiplies the normalised proxies by 5,
+            which is ``alpha`` x5 and ``margin`` /5 here: ``alpha=160, margin=0.02``.
     """
 
-    def __init__(self, alpha: float = 32., margin: float = 0.1):
+    def __init__(self, alpha: float = 32., margin: float = 0.1,
+                 positive_average: str = 'positive_proxies'):
         super().__init__()
+        if positive_average not in POSITIVE_AVERAGES:
+            raise ValueError(f'positive_average={positive_average!r} is not one of '
+                             f'{POSITIVE_AVERAGES}')
         self.alpha = alpha
         self.margin = margin
+        self.positive_average = positive_average
 
     def forward(self, embeddings: torch.Tensor, proxies: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
@@ -52,5 +63,8 @@ class ProxyAnchorLoss(nn.Module):
 
         pos_terms = _log_one_plus_sum_exp(-self.alpha * (similarity - self.margin), positive)
         neg_terms = _log_one_plus_sum_exp(self.alpha * (similarity + self.margin), ~positive)
-        num_with_positives = positive.any(dim=0).sum().clamp(min=1)
-        return pos_terms.sum() / num_with_positives + neg_terms.sum() / num_proxies
+        if self.positive_average == 'positive_proxies':
+            num_positive_terms = positive.any(dim=0).sum().clamp(min=1)
+        else:
+            num_positive_terms = num_proxies
+        return pos_terms.sum() / num_positive_terms + neg_terms.sum() / num_proxies

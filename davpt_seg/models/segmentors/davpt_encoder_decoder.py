@@ -13,6 +13,21 @@ from ..class_mapping import ClassPromptMapping
 
 TOKEN_POOLINGS = ('region', 'image')
 
+# What the metric losses compare: the (prompt, patch, CLS) spaces of the guided block's
+# ``TokenSpaces`` (all L2-normalised before the comparison).
+EMBEDDING_PAIRINGS = {
+    # Paper 3.2-3.3: the prompt's query against the patches' attention output ("saliency")
+    # and the CLS query. Query and attention output are different spaces.
+    'query-attention': ('query', 'attention', 'query'),
+    # The space the attention itself compares: a patch (or CLS) attends to a prompt through
+    # q_token . k_prompt, so pulling a class region's queries towards its prompt's key raises
+    # that attention (paper section 4.1). The prompt's own query has no effect on the forward
+    # pass: VPT-Deep discards the prompts' outputs after each block.
+    'key-query': ('key', 'query', 'query'),
+    # The authors' release: the raw prompt against the block's input tokens.
+    'input': ('input', 'input', 'input'),
+}
+
 
 @MODELS.register_module()
 class DAVPTEncoderDecoder(EncoderDecoder):
@@ -35,6 +50,14 @@ class DAVPTEncoderDecoder(EncoderDecoder):
         background_classes: class indices never assigned (e.g. ``(0,)`` for PASCAL Context-60).
         class_representation: what the mapping clusters: ``'region'`` (mean last-block patch
             tokens of the class) or ``'cls'`` (the CLS token of images holding the class).
+        embedding_pairing: which spaces the losses compare, a key of ``EMBEDDING_PAIRINGS``:
+            ``'query-attention'`` (the paper), ``'key-query'`` (the attention's own space) or
+            ``'input'`` (the authors' release).
+        detach_data: the patch and CLS embeddings enter the metric losses without gradient,
+            so the losses move the guided prompts only (and, in DA-VPT+, the guided block's
+            k/v bias offsets where the prompt embedding depends on them). Otherwise the
+            gradient also reaches every earlier block's prompts through the guided block's
+            input, reshaping the features the decode head reads.
     """
 
     def __init__(self,
@@ -46,10 +69,15 @@ class DAVPTEncoderDecoder(EncoderDecoder):
                  token_pooling: str = 'region',
                  background_classes: Sequence[int] = (),
                  class_representation: str = 'region',
+                 embedding_pairing: str = 'query-attention',
+                 detach_data: bool = False,
                  **kwargs):
         super().__init__(backbone=backbone, decode_head=decode_head, **kwargs)
         if token_pooling not in TOKEN_POOLINGS:
             raise ValueError(f'token_pooling={token_pooling!r} is not one of {TOKEN_POOLINGS}')
+        if embedding_pairing not in EMBEDDING_PAIRINGS:
+            raise ValueError(f'embedding_pairing={embedding_pairing!r} is not one of '
+                             f'{tuple(EMBEDDING_PAIRINGS)}')
         num_classes = self.decode_head.num_classes
         for cls in background_classes:
             if not 0 <= cls < num_classes:
@@ -57,6 +85,8 @@ class DAVPTEncoderDecoder(EncoderDecoder):
         self.token_loss_weight = token_loss_weight
         self.cls_loss_weight = cls_loss_weight
         self.token_pooling = token_pooling
+        self.embedding_pairing = embedding_pairing
+        self.detach_data = detach_data
         self.background_classes = tuple(background_classes)
         self.metric_loss = MODELS.build(metric_loss)
 
@@ -90,18 +120,21 @@ class DAVPTEncoderDecoder(EncoderDecoder):
         classes, valid = self.assign_classes(cell_labels)
         prompt_labels = self.class_mapping(classes[valid])
 
+        prompt_space, patch_space, cls_space = EMBEDDING_PAIRINGS[self.embedding_pairing]
         token_losses, cls_losses = [], []
         for block in aux.guided:
+            patches, cls = block.patches[patch_space], block.cls[cls_space]
+            if self.detach_data:
+                patches, cls = patches.detach(), cls.detach()
             if self.token_pooling == 'region':
-                region = (cell_labels == classes[:, None]).to(block.patch_attention.dtype)
-                tokens = torch.einsum('bn,bnc->bc', region, block.patch_attention) / \
+                region = (cell_labels == classes[:, None]).to(patches.dtype)
+                tokens = torch.einsum('bn,bnc->bc', region, patches) / \
                     region.sum(1, keepdim=True).clamp(min=1)
             else:
-                tokens = block.patch_attention.mean(1)
-            token_losses.append(
-                self.metric_loss(tokens[valid], block.prompt_queries, prompt_labels))
-            cls_losses.append(
-                self.metric_loss(block.cls_query[valid], block.prompt_queries, prompt_labels))
+                tokens = patches.mean(1)
+            proxies = block.prompts[prompt_space]
+            token_losses.append(self.metric_loss(tokens[valid], proxies, prompt_labels))
+            cls_losses.append(self.metric_loss(cls[valid], proxies, prompt_labels))
         return dict(
             loss_prompt_token=self.token_loss_weight * torch.stack(token_losses).mean(),
             loss_prompt_cls=self.cls_loss_weight * torch.stack(cls_losses).mean())
