@@ -326,12 +326,14 @@ def write_record(results_dir: str, record: dict) -> str:
 
 
 def commit_record(path: str, record: dict) -> None:
-    """Commits one finished run's JSON (only that file), so a later session resumes."""
+    """Commits one finished run's JSON (only that file) in the repository holding it, so a
+    later session resumes; a failed commit is reported, never fatal."""
     message = (f"study: CamVid {record['variant']} seed {record['seed']}: "
                f"mIoU {record['mIoU']:.2f}")
+    folder, name = osp.dirname(osp.abspath(path)), osp.basename(path)
     try:
-        subprocess.run(['git', 'add', path], cwd=REPO, check=True, capture_output=True)
-        subprocess.run(['git', 'commit', '-q', '-m', message, '--', path], cwd=REPO,
+        subprocess.run(['git', 'add', name], cwd=folder, check=True, capture_output=True)
+        subprocess.run(['git', 'commit', '-q', '-m', message, '--', name], cwd=folder,
                        check=True, capture_output=True)
     except subprocess.CalledProcessError as error:
         print(f'study: could not commit {path}: {error.stderr.decode(errors="replace")}'
