@@ -208,3 +208,22 @@ def test_report_blocks_are_replaced_not_duplicated(tmp_path, study):
     assert '| metric gradient | detach-data |' in blocks['ablation']
     assert '+2.00 ± 0.00' in blocks['ablation']  # detach-data vs davpt, paired
     assert '| sky | 42.0 ± 1.0 | 41.0 ± 1.0 |' in blocks['per-class']
+
+
+def test_analyze_guidance_tool_on_a_tiny_config(study, tmp_path, tiny_camvid, capsys):
+    spec = importlib.util.spec_from_file_location(
+        'davpt_tool_analyze_guidance', osp.join(ROOT, 'tools', 'analyze_guidance.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    base = osp.join(ROOT, study.VARIANTS_BY_NAME['davpt'].config)
+    config = tiny_variant_config(str(tmp_path / 'tiny_davpt.py'), base)
+    out = str(tmp_path / 'shares.json')
+    assert tool.main([config, '--batches', '1', '--init-batches', '1', '--out', out,
+                      '--cfg-options', f'train_dataloader.dataset.data_root={tiny_camvid}',
+                      'model.backbone.init_cfg=None']) == 0
+    printed = capsys.readouterr().out
+    assert 'cluster sizes' in printed  # the initial k-means ran
+    shares = {row['name']: row for row in json.load(open(out))}
+    assert list(shares) == [f'prompts.{i}' for i in range(4)]
+    assert shares['prompts.2']['token'] > 0 and shares['prompts.3']['token'] == 0
+    assert shares['prompts.0']['ratio'] > 0

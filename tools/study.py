@@ -189,8 +189,10 @@ def run_one(variant: Variant, seed: int, args) -> dict:
     total_seconds = time.time() - started
     with open(osp.join(work_dir, 'test_metrics_ss.json')) as f:
         metrics = json.load(f)
-    return build_record(variant, seed, work_dir, metrics, train, test, train_seconds,
-                        total_seconds, options)
+    record = build_record(variant, seed, work_dir, metrics, train, test, train_seconds,
+                          total_seconds, options)
+    record['threads'] = args.threads  # None: torch's default (one per core)
+    return record
 
 
 def _last_checkpoint(work_dir: str) -> str:
