@@ -7,6 +7,7 @@ guided block's input (the patch and CLS embeddings). If the metric gradient on a
 much larger than the segmentation gradient and not aligned with it, that prompt is trained
 for the metric objective, not for segmentation.
 """
+import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, List
 
@@ -77,6 +78,12 @@ def guidance_gradient_shares(model, batches: Iterable[dict]) -> List[GradientSha
         count += 1
     if not count:
         raise ValueError('no batches to analyse')
-    return [GradientShare(name, row[0] / count, row[1] / count, row[2] / count,
-                          row[3] / row[4] if row[4] else float('nan'))
-            for name, row in sums.items()]
+    shares = [GradientShare(name, row[0] / count, row[1] / count, row[2] / count,
+                            row[3] / row[4] if row[4] else float('nan'))
+              for name, row in sums.items()]
+    return sorted(shares, key=lambda s: _natural_key(s.name))
+
+
+def _natural_key(name: str):
+    """'prompts.10' after 'prompts.9' (ParameterDict keys are strings)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)]
