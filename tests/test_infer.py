@@ -8,9 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import NUM_CLASSES
+from davpt_seg.deploy import dataset_meta_for, load_config
 from deploy_helpers import infer, read_png, trained_tiny_model
 
 
@@ -138,3 +140,14 @@ def test_bad_arguments_are_clear_errors(tiny, tmp_path):
     assert 'written twice' in error(tiny['config'], tiny['full'], image,
                                     tmp_path / 'a' / 'odd_size.png')
     assert not out.exists()  # nothing was run
+
+
+def test_the_config_alone_gives_the_classes_and_palette_the_runner_saved(tiny):
+    """Without checkpoint meta (e.g. an ONNX file from elsewhere), classes and palette come
+    from mmseg's dataset class applied to the config's metainfo: what training saved."""
+    saved = torch.load(tiny['full'], map_location='cpu', weights_only=True)['meta']
+    cfg = load_config(tiny['config'])
+    from_config = dataset_meta_for(cfg, None, NUM_CLASSES)
+    assert from_config == dataset_meta_for(cfg, saved, NUM_CLASSES)
+    assert list(from_config['classes']) == list(saved['dataset_meta']['classes'])
+    assert from_config['palette'][0] == [120, 120, 120]  # ADE20K's wall, not a random one

@@ -84,12 +84,14 @@ def main(argv=None):
         return _report(args, results, command, bm.render_onnx_markdown(results, command),
                        'onnx-latency-cpu')
     if args.memory:
-        results = bm.run_memory(
+        def report(results, quiet=True):
+            return _report(args, results, command, bm.render_memory_markdown(results, command),
+                           bm.memory_section_key(results), quiet)
+        return report(bm.run_memory(
             setting, args.variants, with_cp_modes=[m == 'on' for m in args.cp_modes],
             steps=args.iters, device=device, threads=threads,
-            start_method=args.start_method, progress=lambda line: print(line, flush=True))
-        return _report(args, results, command, bm.render_memory_markdown(results, command),
-                       bm.memory_section_key(results))
+            start_method=args.start_method, progress=lambda line: print(line, flush=True),
+            on_row=report), quiet=False)
     results = bm.run_benchmark(
         setting, args.variants, repeats=args.repeats, iters=args.iters, warmup=args.warmup,
         device=device, amp=args.amp, with_cp=args.with_cp, threads=threads, sdpa=args.sdpa,
@@ -99,14 +101,17 @@ def main(argv=None):
                    bm.section_key(results))
 
 
-def _report(args, results: dict, command: str, markdown: str, key: str) -> dict:
+def _report(args, results: dict, command: str, markdown: str, key: str,
+            quiet: bool = False) -> dict:
     """Prints the section, puts it into --out and the raw results into --json."""
     from davpt_seg.utils import benchmark as bm
     results['command'] = command
-    print(markdown)
+    if not quiet:
+        print(markdown)
     if args.out:
         bm.update_doc(args.out, key, markdown)
-        print(f'updated {args.out} (section {key})')
+        if not quiet:
+            print(f'updated {args.out} (section {key})')
     if args.json:
         os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:

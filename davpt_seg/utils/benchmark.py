@@ -438,8 +438,10 @@ class _Worker:
             status, value = self.conn.recv()
         except EOFError:
             self.process.join(5)
-            raise RuntimeError(f'the {self.variant} worker died (exit code '
-                               f'{self.process.exitcode}); out of memory?') from None
+            code = self.process.exitcode
+            cause = {-9: 'killed (SIGKILL): out of memory?', -15: 'stopped (SIGTERM)'}.get(
+                code, f'exit code {code}; out of memory?')
+            raise RuntimeError(f'the {self.variant} worker died: {cause}') from None
         if status == 'error':
             raise RuntimeError(f'the {self.variant} worker failed:\n{value}')
         return value
@@ -566,8 +568,7 @@ def run_benchmark(setting: Setting, variants: Sequence[str] = VARIANTS, repeats:
     finally:
         for worker in workers.values():
             worker.stop()
-    results['loadavg_end'] = _loadavg()
-    results['finished'] = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())
+    _finish(results)
     _summarise(results, setting)
     return results
 
@@ -617,7 +618,8 @@ def _mem_available() -> Optional[int]:
 
 def run_memory(setting: Setting, variants: Sequence[str], with_cp_modes: Sequence[bool] = (
         False, True), steps: int = 2, device: str = 'cpu', threads: int = 1,
-               start_method: str = 'auto', progress: Callable[[str], None] = print) -> dict:
+               start_method: str = 'auto', progress: Callable[[str], None] = print,
+               on_row: Optional[Callable[[dict], None]] = None) -> dict:
     """Training-step peak memory, one fresh worker process per (variant, with_cp), one at a
     time, so that a large model's variants never share the machine's memory.
 
@@ -625,7 +627,8 @@ def run_memory(setting: Setting, variants: Sequence[str], with_cp_modes: Sequenc
     AdamW's moments allocated through the forward and backward); on the CPU it reports its
     RSS before the model build (the Python + library baseline), after it, and its
     high-water mark. A worker the kernel kills for memory is reported as such and the run
-    goes on with the next variant.
+    goes on with the next variant. ``on_row(results)`` after every row lets a long run
+    (ViT-L: minutes per step on a CPU) keep what it has measured if it is stopped.
     """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -663,9 +666,15 @@ def run_memory(setting: Setting, variants: Sequence[str], with_cp_modes: Sequenc
                 worker.stop()
             results['runs'].append(entry)
             results['machine'].setdefault('device_name', entry.get('device_name'))
+            _finish(results)
+            if on_row is not None:
+                on_row(results)
+    return results
+
+
+def _finish(results: dict):
     results['loadavg_end'] = _loadavg()
     results['finished'] = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())
-    return results
 
 
 # ------------------------------------------------------------------------------ report
@@ -925,6 +934,7 @@ def _model_summary(model) -> str:
 def run_onnx_latency(config: str, shape: Optional[Sequence[int]] = None, batch_size: int = 1,
                      repeats: int = 10, warmup: int = 2, threads: int = 1,
                      checkpoint: Optional[str] = None, cfg_options: Optional[dict] = None,
+                     min_timing_seconds: float = 0.25,
                      progress: Callable[[str], None] = print) -> dict:
     """Inference latency of one window through ``config``'s model: PyTorch eager
     (``encode_decode`` under ``inference_mode``) against onnxruntime on its export, the
@@ -973,14 +983,20 @@ def run_onnx_latency(config: str, shape: Optional[Sequence[int]] = None, batch_s
     for run in runners.values():
         for _ in range(warmup):
             run()
+    # A timing shorter than a scheduler slice is mostly noise on a shared machine: small
+    # models run several calls per timing, the same number for every backend.
+    start = time.perf_counter()
+    eager()
+    calls = max(1, round(min_timing_seconds / (time.perf_counter() - start)))
     times = {backend: [] for backend in runners}
     order = list(runners)
     for index in range(repeats):
         shift = index % len(order)
         for backend in order[shift:] + order[:shift]:
             start = time.perf_counter()
-            runners[backend]()
-            times[backend].append(time.perf_counter() - start)
+            for _ in range(calls):
+                runners[backend]()
+            times[backend].append((time.perf_counter() - start) / calls)
         progress(f'round {index + 1}/{repeats}: ' + ', '.join(
             f'{b} {1e3 * t[-1]:.1f} ms' for b, t in times.items()))
     for backend, seconds in times.items():
@@ -988,7 +1004,8 @@ def run_onnx_latency(config: str, shape: Optional[Sequence[int]] = None, batch_s
             seconds=seconds, ms=1e3 * statistics.median(seconds), ms_min=1e3 * min(seconds),
             ms_max=1e3 * max(seconds), ratio_vs_pytorch=_ratio(seconds, times['pytorch']))
     return dict(config=config, checkpoint=checkpoint, shape=[height, width],
-                batch_size=batch_size, model=_model_summary(model), backends=entries)
+                batch_size=batch_size, calls_per_timing=calls, model=_model_summary(model),
+                backends=entries)
 
 
 def run_onnx_latencies(configs: Sequence[str], repeats: int = 10, warmup: int = 2,
@@ -1008,8 +1025,7 @@ def run_onnx_latencies(configs: Sequence[str], repeats: int = 10, warmup: int = 
     for config in configs:
         results['models'].append(run_onnx_latency(config, shape, batch_size, repeats, warmup,
                                                   threads, progress=progress))
-    results['loadavg_end'] = _loadavg()
-    results['finished'] = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())
+    _finish(results)
     return results
 
 
@@ -1027,8 +1043,9 @@ def render_onnx_markdown(results: dict, command: str) -> str:
     for entry in results['models']:
         height, width = entry['shape']
         lines += [f"**{entry['config']}** — {entry['model']}; one window of {height}×{width}, "
-                  f"batch {entry['batch_size']}, random weights"
-                  f"{'' if not entry['checkpoint'] else ' from ' + entry['checkpoint']}", '',
+                  f"batch {entry['batch_size']}, "
+                  f"{'random weights' if not entry['checkpoint'] else entry['checkpoint']}; "
+                  f"{entry['calls_per_timing']} call(s) per timing", '',
                   '| backend | ms (median, min–max) | time × PyTorch eager | max abs diff vs '
                   'PyTorch |', '|---|---:|---:|---:|']
         for backend, e in entry['backends'].items():
@@ -1039,6 +1056,6 @@ def render_onnx_markdown(results: dict, command: str) -> str:
             lines.append(f"| {name} | {e['ms']:.2f} ({e['ms_min']:.2f}–{e['ms_max']:.2f}) | "
                          f"{e['ratio_vs_pytorch']:.3f} | {e['max_abs_diff']:.2g} |")
         lines.append('')
-    lines += ['Time × PyTorch eager: median over rounds of the per-round time ratio (< 1: '
-              'onnxruntime is faster).', '']
+    lines += ['ms: per call. Time × PyTorch eager: median over rounds of the per-round time '
+              'ratio (< 1: onnxruntime is faster). Max abs diff: logits, on this input.', '']
     return '\n'.join(lines)
