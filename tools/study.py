@@ -33,6 +33,9 @@ RESULTS_DIR = 'docs/results/camvid'
 REPORT = 'docs/results/camvid.md'
 WORK_ROOT = 'work_dirs/study/camvid'
 NO_VALIDATION = 10**9  # an interval no run reaches
+# Runs of the longer (600-iteration) schedule that confirm the main comparison live in this
+# sub-folder of the results: `run --iters 600 --results-dir docs/results/camvid/confirm600`.
+CONFIRMATION_DIR = 'confirm600'
 
 
 def _config(mode: str) -> str:
@@ -407,10 +410,11 @@ def command_report(args) -> int:
     records = load_records(results_dir)
     if not records:
         sys.exit(f'error: no finished runs under {results_dir}; run `tools/study.py run` first')
+    confirmation = load_records(osp.join(results_dir, CONFIRMATION_DIR))
     report = osp.join(REPO, args.report)
     render_report(records, VARIANTS, report, osp.join(results_dir, 'plots'),
-                  reference=REFERENCE, baseline=BASELINE)
-    print(f'study: {len(records)} runs -> {report}')
+                  reference=REFERENCE, baseline=BASELINE, confirmation_records=confirmation)
+    print(f'study: {len(records)} runs + {len(confirmation)} confirmation runs -> {report}')
     return 0
 
 
