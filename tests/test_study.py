@@ -58,6 +58,15 @@ def test_config_diff_names_exactly_what_a_variant_changes(study):
     assert diff['model.token_loss_weight'] == [0.05, 0.]
 
 
+def test_final_configs_are_the_variants_the_study_measured(study):
+    for name, path in study.FINAL_CONFIGS.items():
+        variant = study.VARIANTS_BY_NAME[name]
+        measured = Config.fromfile(osp.join(ROOT, variant.config))
+        measured.merge_from_dict(dict(variant.options))
+        assert Config.fromfile(osp.join(ROOT, path)).to_dict() == measured.to_dict(), name
+        assert variant.options  # else the variant's own config is the final one
+
+
 def test_study_configs_build_their_tuning_modes(study):
     from mmseg.registry import MODELS
     trainable = {}

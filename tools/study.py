@@ -106,6 +106,12 @@ VARIANTS: List[Variant] = [
             {'model.token_loss_weight': 0.01, 'model.cls_loss_weight': 0.01}),
 ]
 VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
+# Variants the study recommends (docs/results/camvid.md, "Final configs") whose options are
+# also written out as a config file, so that they rerun on other data without the runner.
+FINAL_CONFIGS = {
+    'detach-data': 'configs/camvid/setr_pup_dinov2-s14_davpt-detach_camvid.py',
+    'davpt-plus-detach': 'configs/camvid/setr_pup_dinov2-s14_davpt-plus-detach_camvid.py',
+}
 if len(VARIANTS_BY_NAME) != len(VARIANTS):
     raise RuntimeError('tools/study.py: two variants share a name')
 
@@ -432,7 +438,7 @@ def parse_args(argv=None):
                      choices=[v.name for v in VARIANTS])
     run.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     run.add_argument('--iters', type=int, default=None,
-                     help="override the configs' 600 iterations (the lr schedule follows)")
+                     help="override the configs' 300 iterations (the lr schedule follows)")
     run.add_argument('--threads', type=int, default=None,
                      help='OMP/MKL threads of each run (default: torch decides)')
     run.add_argument('--work-root', default=WORK_ROOT)
