@@ -105,10 +105,11 @@ def test_bf16_checkpointing_and_a_forced_sdpa_backend_run(tmp_path):
 
 
 def test_memory_mode_measures_each_variant_in_a_fresh_process(tmp_path):
-    doc = str(tmp_path / 'b.md')
+    doc, raw = str(tmp_path / 'b.md'), str(tmp_path / 'memory.json')
     results = runpy.run_path(TOOL)['main'](
         ['--setting', 'tiny', '--memory', '--variants', 'mmseg-full', 'da-vpt', '--cp-modes',
-         'off', 'on', '--iters', '1', '--threads', '1', '--device', 'cpu', '--out', doc])
+         'off', 'on', '--iters', '1', '--threads', '1', '--device', 'cpu', '--out', doc,
+         '--json', raw])
     runs = results['runs']
     assert [(r['variant'], r['with_cp']) for r in runs] == [
         ('mmseg-full', False), ('da-vpt', False), ('mmseg-full', True), ('da-vpt', True)]
@@ -121,3 +122,23 @@ def test_memory_mode_measures_each_variant_in_a_fresh_process(tmp_path):
     text = open(doc).read()
     assert '<!-- benchmark:memory-tiny-cpu -->' in text and '| da-vpt |' in text
     assert 'peak − baseline' in text
+
+    # A later run completes the table row by row: its rows replace the same ones, the rest
+    # are kept in their order, and the section names both commands.
+    first = json.load(open(raw))
+    merged = runpy.run_path(TOOL)['main'](
+        ['--setting', 'tiny', '--memory', '--variants', 'da-vpt', '--cp-modes', 'on',
+         '--iters', '1', '--threads', '1', '--device', 'cpu', '--out', doc,
+         '--merge', raw, '--json', raw])
+    assert [(r['variant'], r['with_cp']) for r in merged['runs']] == \
+        [(r['variant'], r['with_cp']) for r in runs]
+    assert merged['runs'][:3] == first['runs'][:3]
+    assert merged['started'] >= first['finished']  # the new run's times head the section
+    assert merged['history'] == [{k: first[k] for k in ('command', 'started', 'finished')}]
+    assert json.load(open(raw))['runs'] == merged['runs']
+    text = open(doc).read()
+    assert text.count('<!-- benchmark:memory-tiny-cpu -->') == 1
+    assert first['command'] in text and '--merge' in text
+    with pytest.raises(ValueError, match='setting.name'):
+        from davpt_seg.utils.benchmark import merge_memory_results
+        merge_memory_results(first, dict(merged, setting=dict(merged['setting'], name='x')))

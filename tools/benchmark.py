@@ -51,6 +51,10 @@ def parse_args(argv=None):
                         '--cp-modes entry (RSS baseline, after the build and peak on the CPU)')
     parser.add_argument('--cp-modes', nargs='+', choices=['off', 'on'], default=['off', 'on'],
                         help='with --memory: measure without and/or with with_cp')
+    parser.add_argument('--merge', metavar='JSON',
+                        help='with --memory: the --json of an earlier run of the same setting '
+                        'and device; the rows measured now replace its rows of the same '
+                        'variant and with_cp, its other rows are kept')
     parser.add_argument('--onnx-latency', nargs='+', metavar='CONFIG',
                         help='instead of the variants: inference latency of each CONFIG\'s '
                         'model (random weights, one window of its usual size, --batch-size '
@@ -84,7 +88,14 @@ def main(argv=None):
         return _report(args, results, command, bm.render_onnx_markdown(results, command),
                        'onnx-latency-cpu')
     if args.memory:
+        earlier = None
+        if args.merge:
+            with open(args.merge) as handle:
+                earlier = json.load(handle)
+
         def report(results, quiet=True):
+            if earlier is not None:
+                results = bm.merge_memory_results(earlier, results)
             return _report(args, results, command, bm.render_memory_markdown(results, command),
                            bm.memory_section_key(results), quiet)
         return report(bm.run_memory(

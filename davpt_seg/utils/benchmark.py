@@ -787,6 +787,21 @@ def memory_section_key(results: dict) -> str:
     return f"memory-{results['setting']['name']}-{results['options']['device'].split(':')[0]}"
 
 
+def merge_memory_results(earlier: dict, now: dict) -> dict:
+    """``now``'s rows replace ``earlier``'s rows of the same variant and with_cp; the other
+    rows of ``earlier`` are kept, in its order. For completing a table one row at a time
+    (each row is a fresh process, so rows measured at different times compare)."""
+    for part, field in (('setting', 'name'), ('options', 'device'), ('options', 'steps')):
+        if earlier[part].get(field) != now[part].get(field):
+            raise ValueError(f'the results to merge differ in {part}.{field}: '
+                             f'{earlier[part].get(field)!r} vs {now[part].get(field)!r}')
+    measured = {(run['variant'], run['with_cp']): run for run in now['runs']}
+    runs = [measured.pop((run['variant'], run['with_cp']), run) for run in earlier['runs']]
+    history = earlier.get('history') or [
+        {key: earlier[key] for key in ('command', 'started', 'finished') if key in earlier}]
+    return dict(now, runs=runs + list(measured.values()), history=history)
+
+
 def render_memory_markdown(results: dict, command: str) -> str:
     setting, options, machine = results['setting'], results['options'], results['machine']
     on_cpu = options['device'] == 'cpu'
@@ -801,6 +816,8 @@ def render_memory_markdown(results: dict, command: str) -> str:
         f"{_fmt_bytes(results['mem_available_start'])} available at start; one fresh "
         f"process per row, one at a time ({options['start_method']}), "
         f"{options['steps']} training steps each (forward, backward, AdamW step)",
+        *[f"- Rows this command did not measure come from `{old['command']}`, run "
+          f"{old['started']} → {old['finished']}" for old in results.get('history', [])],
         _model_line(setting, layout), '',
     ]
     if on_cpu:
