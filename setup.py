@@ -24,5 +24,10 @@ setup(
     ],
     extras_require={
         'test': ['pytest>=7', 'pytorch-metric-learning>=2.3'],
+        # tools/export_onnx.py and `tools/infer.py --backend onnxruntime`. torch >= 2.9
+        # exports through torch.export, whose ONNX translation is onnxscript's (0.x: its
+        # API moves between minor versions). Tested: onnx 1.23.2, onnxruntime 1.32.0,
+        # onnxscript 0.7.2 with torch 2.14.1 on Python 3.11.
+        'onnx': ['onnx>=1.23.2,<2', 'onnxruntime>=1.32,<2', 'onnxscript>=0.7.2,<0.8'],
     },
 )

@@ -102,3 +102,22 @@ def test_bf16_checkpointing_and_a_forced_sdpa_backend_run(tmp_path):
     assert '<!-- benchmark:tiny-cpu-bf16-cp -->' in open(tmp_path / 'b.md').read()
     for entry in results['variants'].values():
         assert entry['train_ms'] > 0 and 'train_flops' not in entry
+
+
+def test_memory_mode_measures_each_variant_in_a_fresh_process(tmp_path):
+    doc = str(tmp_path / 'b.md')
+    results = runpy.run_path(TOOL)['main'](
+        ['--setting', 'tiny', '--memory', '--variants', 'mmseg-full', 'da-vpt', '--cp-modes',
+         'off', 'on', '--iters', '1', '--threads', '1', '--device', 'cpu', '--out', doc])
+    runs = results['runs']
+    assert [(r['variant'], r['with_cp']) for r in runs] == [
+        ('mmseg-full', False), ('da-vpt', False), ('mmseg-full', True), ('da-vpt', True)]
+    for run in runs:
+        assert 'error' not in run, run
+        # The absolute peak holds the baseline (interpreter + libraries) and the rise.
+        assert run['rss_baseline_bytes'] > 0 and run['peak_bytes'] > 0
+        assert run['peak_rss_bytes'] >= run['rss_baseline_bytes'] + run['peak_bytes'] - 2**20
+        assert run['rss_model_bytes'] >= run['rss_baseline_bytes']
+    text = open(doc).read()
+    assert '<!-- benchmark:memory-tiny-cpu -->' in text and '| da-vpt |' in text
+    assert 'peak − baseline' in text

@@ -136,3 +136,36 @@ def test_authors_proxy_scale_is_alpha_160_margin_0_02():
 def test_unknown_positive_average_is_a_clear_error():
     with pytest.raises(ValueError, match="positive_average='mean' is not one of"):
         ProxyAnchorLoss(positive_average='mean')
+
+
+# ------------------------------------------------------------- gradient-share analysis
+def _batches(count=2):
+    for _ in range(count):
+        yield dict(inputs=[torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
+                           for _ in range(3)],
+                   data_samples=make_data_samples(one_class_labels()))
+
+
+@pytest.mark.parametrize('detach_data', [False, True])
+def test_gradient_shares_separate_the_losses_by_path(detach_data):
+    from davpt_seg.analysis import guidance_gradient_shares
+    torch.manual_seed(0)
+    model = build(detach_data=detach_data).train()
+    shares = {s.name: s for s in guidance_gradient_shares(model, _batches())}
+    assert list(shares) == ['prompts.0', 'prompts.1', 'prompts.2', 'prompts.3']
+    assert all(s.segmentation > 0 for s in shares.values())
+    # The guided block (2) learns from both metric losses; the block after it never does.
+    assert shares['prompts.2'].token > 0 and shares['prompts.2'].cls > 0
+    assert shares['prompts.3'].token == shares['prompts.3'].cls == 0
+    for earlier in ('prompts.0', 'prompts.1'):
+        reached = shares[earlier].token > 0 and shares[earlier].cls > 0
+        assert reached != detach_data
+        assert -1 <= shares[earlier].cosine <= 1 if reached else \
+            shares[earlier].cosine != shares[earlier].cosine  # nan: no metric gradient
+
+
+def test_gradient_shares_need_metric_losses():
+    from davpt_seg.analysis import guidance_gradient_shares
+    model = build(token_loss_weight=0., cls_loss_weight=0.).train()
+    with pytest.raises(ValueError, match='returns no'):
+        guidance_gradient_shares(model, _batches(1))

@@ -204,7 +204,39 @@ def test_report_blocks_are_replaced_not_duplicated(tmp_path, study):
                                             str(tmp_path / 'plots'), 'davpt', 'vpt-deep')
     text = open(report).read()
     assert text.count('<!-- BEGIN GENERATED: ablation -->') == 1
+    assert blocks['confirmation'] == '(no runs yet)'
     assert '| davpt |' in blocks['main'] and '-1.00 ± 0.00' in blocks['main']
     assert '| metric gradient | detach-data |' in blocks['ablation']
     assert '+2.00 ± 0.00' in blocks['ablation']  # detach-data vs davpt, paired
     assert '| sky | 42.0 ± 1.0 | 41.0 ± 1.0 |' in blocks['per-class']
+
+
+def test_analyze_guidance_tool_on_a_tiny_config(study, tmp_path, tiny_camvid, capsys):
+    spec = importlib.util.spec_from_file_location(
+        'davpt_tool_analyze_guidance', osp.join(ROOT, 'tools', 'analyze_guidance.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    base = osp.join(ROOT, study.VARIANTS_BY_NAME['davpt'].config)
+    config = tiny_variant_config(str(tmp_path / 'tiny_davpt.py'), base)
+    out = str(tmp_path / 'shares.json')
+    assert tool.main([config, '--batches', '1', '--init-batches', '1', '--out', out,
+                      '--cfg-options', f'train_dataloader.dataset.data_root={tiny_camvid}',
+                      'model.backbone.init_cfg=None']) == 0
+    printed = capsys.readouterr().out
+    assert 'cluster sizes' in printed  # the initial k-means ran
+    shares = {row['name']: row for row in json.load(open(out))}
+    assert list(shares) == [f'prompts.{i}' for i in range(4)]
+    assert shares['prompts.2']['token'] > 0 and shares['prompts.3']['token'] == 0
+    assert shares['prompts.0']['ratio'] > 0
+
+
+def test_confirmation_runs_get_their_own_table(tmp_path, study):
+    records = [fake_record('vpt-deep', 0, 40.), fake_record('davpt', 0, 39.)]
+    longer = [fake_record('vpt-deep', s, 45. + s) for s in range(2)] + \
+        [fake_record('davpt', s, 44.5 + s) for s in range(2)]
+    blocks = study_report.render_report(records, study.VARIANTS, str(tmp_path / 'r.md'),
+                                        str(tmp_path / 'plots'), 'davpt', 'vpt-deep',
+                                        confirmation_records=longer)
+    assert '| davpt |' in blocks['confirmation'] and '-0.50 ± 0.00' in blocks['confirmation']
+    assert '**45.50 ± 0.71**' in blocks['confirmation']
+    assert '-1.00' in blocks['main'] and '45.50' not in blocks['main']

@@ -45,6 +45,17 @@ def parse_args(argv=None):
     parser.add_argument('--start-method', default='auto',
                         choices=['auto', 'forkserver', 'spawn', 'fork'],
                         help='how workers start (auto: forkserver where available)')
+    parser.add_argument('--memory', action='store_true',
+                        help='training-step peak memory only: each variant in a fresh '
+                        'process, one at a time, --iters training steps, for every '
+                        '--cp-modes entry (RSS baseline, after the build and peak on the CPU)')
+    parser.add_argument('--cp-modes', nargs='+', choices=['off', 'on'], default=['off', 'on'],
+                        help='with --memory: measure without and/or with with_cp')
+    parser.add_argument('--onnx-latency', nargs='+', metavar='CONFIG',
+                        help='instead of the variants: inference latency of each CONFIG\'s '
+                        'model (random weights, one window of its usual size, --batch-size '
+                        '(default 1)), PyTorch eager vs onnxruntime on its ONNX exports, '
+                        '--repeats interleaved rounds, --threads threads for both')
     parser.add_argument('--out', help='markdown file whose section for this run is replaced')
     parser.add_argument('--json', help='also write the raw results here')
     return parser.parse_args(argv)
@@ -63,19 +74,44 @@ def main(argv=None):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') \
         else os.cpu_count()
     threads = args.threads or cores
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = 'python tools/benchmark.py ' + ' '.join(shlex.quote(a) for a in argv)
+    if args.onnx_latency:
+        results = bm.run_onnx_latencies(
+            args.onnx_latency, repeats=args.repeats, warmup=args.warmup,
+            threads=args.threads or 1, batch_size=args.batch_size or 1,
+            progress=lambda line: print(line, flush=True))
+        return _report(args, results, command, bm.render_onnx_markdown(results, command),
+                       'onnx-latency-cpu')
+    if args.memory:
+        def report(results, quiet=True):
+            return _report(args, results, command, bm.render_memory_markdown(results, command),
+                           bm.memory_section_key(results), quiet)
+        return report(bm.run_memory(
+            setting, args.variants, with_cp_modes=[m == 'on' for m in args.cp_modes],
+            steps=args.iters, device=device, threads=threads,
+            start_method=args.start_method, progress=lambda line: print(line, flush=True),
+            on_row=report), quiet=False)
     results = bm.run_benchmark(
         setting, args.variants, repeats=args.repeats, iters=args.iters, warmup=args.warmup,
         device=device, amp=args.amp, with_cp=args.with_cp, threads=threads, sdpa=args.sdpa,
         count_flops=not args.no_flops, start_method=args.start_method,
         progress=lambda line: print(line, flush=True))
-    argv = sys.argv[1:] if argv is None else list(argv)
-    command = 'python tools/benchmark.py ' + ' '.join(shlex.quote(a) for a in argv)
+    return _report(args, results, command, bm.render_markdown(results, command),
+                   bm.section_key(results))
+
+
+def _report(args, results: dict, command: str, markdown: str, key: str,
+            quiet: bool = False) -> dict:
+    """Prints the section, puts it into --out and the raw results into --json."""
+    from davpt_seg.utils import benchmark as bm
     results['command'] = command
-    markdown = bm.render_markdown(results, command)
-    print(markdown)
+    if not quiet:
+        print(markdown)
     if args.out:
-        bm.update_doc(args.out, bm.section_key(results), markdown)
-        print(f'updated {args.out} (section {bm.section_key(results)})')
+        bm.update_doc(args.out, key, markdown)
+        if not quiet:
+            print(f'updated {args.out} (section {key})')
     if args.json:
         os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:

@@ -84,11 +84,11 @@ fi
 
 stamp="$venv/.davpt-seg-installed"
 if [ ! -f "$stamp" ] || [ "$repo_root/setup.py" -nt "$stamp" ]; then
-  log "installing davpt-seg (editable) and its dependencies"
-  "${pip[@]}" install -q -e "$repo_root[test]" "$setuptools_pin"
+  log "installing davpt-seg (editable) and its dependencies (extras: test, onnx)"
+  "${pip[@]}" install -q -e "$repo_root[test,onnx]" "$setuptools_pin"
   touch "$stamp"
 fi
 
-"$py" -c 'import davpt_seg, mmseg, timm, sklearn; from mmcv.ops import nms' \
+"$py" -c 'import davpt_seg, mmseg, timm, sklearn, onnx, onnxruntime, onnxscript; from mmcv.ops import nms' \
   || { echo "[setup] environment check failed: see the errors above" >&2; exit 1; }
 log "environment ready: $venv"

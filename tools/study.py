@@ -33,6 +33,9 @@ RESULTS_DIR = 'docs/results/camvid'
 REPORT = 'docs/results/camvid.md'
 WORK_ROOT = 'work_dirs/study/camvid'
 NO_VALIDATION = 10**9  # an interval no run reaches
+# Runs of the longer (600-iteration) schedule that confirm the main comparison live in this
+# sub-folder of the results: `run --iters 600 --results-dir docs/results/camvid/confirm600`.
+CONFIRMATION_DIR = 'confirm600'
 
 
 def _config(mode: str) -> str:
@@ -88,6 +91,9 @@ VARIANTS: List[Variant] = [
              'model.cls_loss_weight': 0., 'custom_hooks': []}),
     Variant('detach-data', _config('davpt'), 'metric gradient',
             'patch/CLS embeddings detached: the losses move the guided prompts only',
+            {'model.detach_data': True}),
+    Variant('davpt-plus-detach', _config('davpt-plus'), 'metric gradient',
+            'DA-VPT+ with the patch/CLS embeddings detached',
             {'model.detach_data': True}),
     Variant('no-cls-loss', _config('davpt'), 'loss weights',
             'gamma = 0: no CLS loss',
@@ -189,8 +195,10 @@ def run_one(variant: Variant, seed: int, args) -> dict:
     total_seconds = time.time() - started
     with open(osp.join(work_dir, 'test_metrics_ss.json')) as f:
         metrics = json.load(f)
-    return build_record(variant, seed, work_dir, metrics, train, test, train_seconds,
-                        total_seconds, options)
+    record = build_record(variant, seed, work_dir, metrics, train, test, train_seconds,
+                          total_seconds, options)
+    record['threads'] = args.threads  # None: torch's default (one per core)
+    return record
 
 
 def _last_checkpoint(work_dir: str) -> str:
@@ -402,10 +410,11 @@ def command_report(args) -> int:
     records = load_records(results_dir)
     if not records:
         sys.exit(f'error: no finished runs under {results_dir}; run `tools/study.py run` first')
+    confirmation = load_records(osp.join(results_dir, CONFIRMATION_DIR))
     report = osp.join(REPO, args.report)
     render_report(records, VARIANTS, report, osp.join(results_dir, 'plots'),
-                  reference=REFERENCE, baseline=BASELINE)
-    print(f'study: {len(records)} runs -> {report}')
+                  reference=REFERENCE, baseline=BASELINE, confirmation_records=confirmation)
+    print(f'study: {len(records)} runs + {len(confirmation)} confirmation runs -> {report}')
     return 0
 
 

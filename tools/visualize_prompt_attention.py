@@ -38,54 +38,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _class_names(model, cfg, checkpoint_meta, num_classes):
-    meta = (checkpoint_meta or {}).get('dataset_meta') or getattr(model, 'dataset_meta', None)
-    if meta and meta.get('classes'):
-        return list(meta['classes']), meta.get('palette')
-    for loader in ('test_dataloader', 'val_dataloader', 'train_dataloader'):
-        dataset = (cfg.get(loader) or {}).get('dataset') or {}
-        metainfo = dataset.get('metainfo') or {}
-        if metainfo.get('classes'):
-            return list(metainfo['classes']), metainfo.get('palette')
-        from mmseg.registry import DATASETS
-        dataset_cls = DATASETS.get(dataset.get('type', '')) if dataset.get('type') else None
-        if dataset_cls is not None and getattr(dataset_cls, 'METAINFO', {}).get('classes'):
-            info = dataset_cls.METAINFO
-            return list(info['classes'])[:num_classes], info.get('palette')
-    return [f'class {i}' for i in range(num_classes)], None
-
-
-def _test_pipeline(cfg):
-    from mmcv.transforms import Compose
-    pipeline = cfg.get('test_pipeline')
-    for loader in ('test_dataloader', 'val_dataloader'):
-        if pipeline is None and cfg.get(loader):
-            pipeline = cfg[loader].dataset.get('pipeline')
-    if pipeline is None:
-        raise ValueError('the config has no test_pipeline (nor a test/val dataloader '
-                         'pipeline) to prepare the image with')
-    steps = [dict(t) for t in pipeline if t['type'] != 'LoadAnnotations']
-    if steps and steps[0]['type'] == 'LoadImageFromFile':
-        steps[0] = dict(type='LoadImageFromNDArray')
-    return Compose(steps)
-
-
 def load_model(config_path, checkpoint_path, device='cpu'):
     """The segmentor of ``config_path`` with ``checkpoint_path`` loaded (full or
-    trainable-only) on ``device``, in eval mode; returns (model, cfg, checkpoint meta)."""
-    import torch
-    from mmengine.config import Config
-    from mmengine.runner import load_checkpoint
-
-    from davpt_seg.utils.trainable_checkpoint import build_model_from_checkpoint_cfg
-    cfg = Config.fromfile(config_path)
-    model = build_model_from_checkpoint_cfg(cfg)
+    trainable-only) on ``device``, in eval mode; returns (model, cfg)."""
+    from davpt_seg.deploy import load_config, load_segmentor
+    cfg = load_config(config_path)
+    model, _ = load_segmentor(cfg, checkpoint_path, device)
     if not hasattr(model.backbone, 'prompt_counts'):
         raise TypeError(f'{config_path}: the backbone is a {type(model.backbone).__name__}; '
                         'prompt attention maps need the PromptedViT backbone')
-    checkpoint = load_checkpoint(model, checkpoint_path, map_location='cpu', strict=True)
-    model.cfg = cfg
-    return model.to(torch.device(device)).eval(), cfg, checkpoint.get('meta', {})
+    return model, cfg
 
 
 def main(argv=None):
@@ -94,11 +56,15 @@ def main(argv=None):
     import numpy as np
     import torch
 
+    from davpt_seg.deploy import InputError, inference_pipeline
     from davpt_seg.visualization import prompt_attention as pa
-
     if not osp.isfile(args.image):
         sys.exit(f'error: image {args.image!r} does not exist')
-    model, cfg, meta = load_model(args.config, args.checkpoint, args.device)
+    try:
+        model, cfg = load_model(args.config, args.checkpoint, args.device)
+        load, prepare = inference_pipeline(cfg, config_name=args.config)
+    except InputError as error:
+        sys.exit(f'error: {error}')
     backbone = model.backbone
     blocks = args.blocks if args.blocks else list(backbone.guided_blocks)
     if not blocks:
@@ -110,8 +76,9 @@ def main(argv=None):
             sys.exit(f'error: block {block} has no prompts (prompts per block: '
                      f'{backbone.prompt_counts})')
 
-    image_bgr = mmcv.imread(args.image)
-    data = _test_pipeline(cfg)(dict(img=image_bgr))
+    loaded = load(dict(img_path=args.image))
+    image_bgr = loaded['img']
+    data = prepare(loaded)
     batch = dict(inputs=[data['inputs']], data_samples=[data['data_samples']])
     with torch.no_grad():
         prediction = model.test_step(batch)[0].pred_sem_seg.data[0].cpu().numpy()
@@ -125,7 +92,7 @@ def main(argv=None):
     valid_hw = tuple(data['data_samples'].img_shape)
 
     num_classes = model.decode_head.num_classes
-    class_names, palette = _class_names(model, cfg, meta, num_classes)
+    class_names, palette = list(model.dataset_meta['classes']), model.dataset_meta['palette']
     present = {class_names[c] for c in np.unique(prediction) if 0 <= c < len(class_names)}
     mapping = getattr(model, 'class_mapping', None)
     covered = pa.prompt_class_names(mapping.class_to_prompt.cpu(), class_names) \

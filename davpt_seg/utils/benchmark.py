@@ -25,6 +25,7 @@ DA-VPT's inference is exactly VPT-Deep's.
 import math
 import multiprocessing as mp
 import os
+import os.path as osp
 import platform
 import re
 import statistics
@@ -181,6 +182,10 @@ def _proc_status_kib(field_name: str) -> Optional[int]:
     except OSError:
         pass
     return None
+
+
+def _kib_to_bytes(kib: Optional[int]) -> Optional[int]:
+    return None if kib is None else kib * 1024
 
 
 class HostMemory:
@@ -362,6 +367,19 @@ def _device_name(device) -> str:
     return f'{device.type}: {get_name(device)}' if get_name else device.type
 
 
+def _volunteer_for_oom_killer():
+    """Makes this process the kernel's first choice when memory runs out.
+
+    A memory measurement may ask for more than a shared machine has left; then the
+    worker, not a neighbour's long job, is the process that dies (the parent reports it).
+    """
+    try:
+        with open('/proc/self/oom_score_adj', 'w') as f:
+            f.write('1000')
+    except OSError:
+        pass
+
+
 def _worker(conn, setting_dict: dict, variant: str, options: dict):
     """Serves one variant: commands from the parent, one reply each."""
     memory = HostMemory()
@@ -372,9 +390,13 @@ def _worker(conn, setting_dict: dict, variant: str, options: dict):
         # mmseg's deprecation notices, once per worker and variant, drown the progress lines.
         warnings.filterwarnings('ignore', category=UserWarning, module='mmseg')
         torch.set_num_threads(options['threads'])
+        if options.get('oom_first'):
+            _volunteer_for_oom_killer()
         memory.start()
         bench = VariantBench(Setting(**setting_dict), variant, options)
-        conn.send(('ok', bench.info()))
+        rss = _proc_status_kib('VmRSS')
+        conn.send(('ok', dict(bench.info(), rss_baseline_bytes=_kib_to_bytes(
+            memory.baseline_kib), rss_model_bytes=_kib_to_bytes(rss))))
         while True:
             command, arg = conn.recv()
             if command == 'stop':
@@ -391,6 +413,8 @@ def _worker(conn, setting_dict: dict, variant: str, options: dict):
             elif command == 'peak_memory':
                 result = torch.accelerator.max_memory_allocated() \
                     if bench.device.type != 'cpu' else memory.peak_bytes()
+            elif command == 'peak_rss':  # the absolute high-water mark, baseline included
+                result = _kib_to_bytes(_proc_status_kib('VmHWM'))
             else:
                 raise ValueError(f'unknown command {command!r}')
             conn.send(('ok', result))
@@ -414,8 +438,10 @@ class _Worker:
             status, value = self.conn.recv()
         except EOFError:
             self.process.join(5)
-            raise RuntimeError(f'the {self.variant} worker died (exit code '
-                               f'{self.process.exitcode}); out of memory?') from None
+            code = self.process.exitcode
+            cause = {-9: 'killed (SIGKILL): out of memory?', -15: 'stopped (SIGTERM)'}.get(
+                code, f'exit code {code}; out of memory?')
+            raise RuntimeError(f'the {self.variant} worker died: {cause}') from None
         if status == 'error':
             raise RuntimeError(f'the {self.variant} worker failed:\n{value}')
         return value
@@ -542,8 +568,7 @@ def run_benchmark(setting: Setting, variants: Sequence[str] = VARIANTS, repeats:
     finally:
         for worker in workers.values():
             worker.stop()
-    results['loadavg_end'] = _loadavg()
-    results['finished'] = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())
+    _finish(results)
     _summarise(results, setting)
     return results
 
@@ -580,6 +605,78 @@ def _summarise(results: dict, setting: Setting):
     results['speedups'] = pairs  # > 1: ours is faster
 
 
+def _mem_available() -> Optional[int]:
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def run_memory(setting: Setting, variants: Sequence[str], with_cp_modes: Sequence[bool] = (
+        False, True), steps: int = 2, device: str = 'cpu', threads: int = 1,
+               start_method: str = 'auto', progress: Callable[[str], None] = print,
+               on_row: Optional[Callable[[dict], None]] = None) -> dict:
+    """Training-step peak memory, one fresh worker process per (variant, with_cp), one at a
+    time, so that a large model's variants never share the machine's memory.
+
+    Each worker builds its variant and runs ``steps`` training steps (the second one has
+    AdamW's moments allocated through the forward and backward); on the CPU it reports its
+    RSS before the model build (the Python + library baseline), after it, and its
+    high-water mark. A worker the kernel kills for memory is reported as such and the run
+    goes on with the next variant. ``on_row(results)`` after every row lets a long run
+    (ViT-L: minutes per step on a CPU) keep what it has measured if it is stopped.
+    """
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f'unknown variants {unknown}: choose from {VARIANTS}')
+    if steps < 1:
+        raise ValueError('steps must be >= 1')
+    context, method = _start_context(start_method)
+    results = dict(kind='memory', setting=asdict(setting),
+                   options=dict(device=device, threads=threads, steps=steps,
+                                start_method=method, with_cp_modes=list(with_cp_modes)),
+                   machine=describe_machine(device, threads), runs=[],
+                   mem_available_start=_mem_available(),
+                   started=time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
+                   loadavg_start=_loadavg())
+    for with_cp in with_cp_modes:
+        for variant in dict.fromkeys(variants):
+            options = dict(device=device, amp=None, with_cp=with_cp, threads=threads,
+                           sdpa='auto', oom_first=True)
+            progress(f'{variant}{" with_cp" if with_cp else ""}: building in a fresh process '
+                     f'({_fmt_bytes(_mem_available())} available)')
+            worker = _Worker(context, setting, variant, options)
+            entry = dict(variant=variant, with_cp=with_cp, note=VARIANT_NOTES[variant])
+            try:
+                entry.update(worker.reply())
+                worker.ask('phase', 'train')
+                entry['step_seconds'] = worker.ask('timed', steps)
+                entry['peak_bytes'] = worker.ask('peak_memory')
+                entry['peak_rss_bytes'] = worker.ask('peak_rss') if device == 'cpu' else None
+                progress(f'  peak {_fmt_bytes(entry["peak_bytes"])} over the baseline, '
+                         f'{entry["step_seconds"]:.1f} s/step')
+            except RuntimeError as error:
+                entry['error'] = str(error).strip().splitlines()[0]
+                progress(f'  failed: {entry["error"]}')
+            finally:
+                worker.stop()
+            results['runs'].append(entry)
+            results['machine'].setdefault('device_name', entry.get('device_name'))
+            _finish(results)
+            if on_row is not None:
+                on_row(results)
+    return results
+
+
+def _finish(results: dict):
+    results['loadavg_end'] = _loadavg()
+    results['finished'] = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())
+
+
 # ------------------------------------------------------------------------------ report
 def _fmt_bytes(num: Optional[int]) -> str:
     if num is None:
@@ -610,6 +707,33 @@ def section_key(results: dict) -> str:
     return key
 
 
+def _machine_lines(machine: dict, options: dict) -> List[str]:
+    """The Machine and Software lines every benchmark section starts with."""
+    device = options['device']
+    return [
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores available, "
+        f"{options['threads']} torch thread(s); device `{device}`"
+        f"{'' if device == 'cpu' else ' (' + machine['device_name'] + ')'}; "
+        f"{machine['platform']}",
+        f"- Software: torch {machine['torch']}, timm {machine['timm']}, mmseg "
+        f"{machine['mmseg']}, mmcv {machine['mmcv']}, mmengine {machine['mmengine']}, "
+        f"Python {machine['python']}; timm fused attention (SDPA): "
+        f"{machine['timm_fused_attn']}, SDPA backend: {options.get('sdpa', 'auto')}"]
+
+
+def _model_line(setting: dict, layout: Sequence[int]) -> str:
+    return (
+        f"- Model: {setting['arch']} geometry ({setting['depth']} blocks, width "
+        f"{setting['embed_dim']}, {setting['num_heads']} heads, patch {setting['patch_size']}), "
+        f"{setting['img_size']}×{setting['img_size']} input, batch {setting['batch_size']}: "
+        f"{(setting['img_size'] // setting['patch_size']) ** 2} patch tokens + CLS, plus "
+        f"{'/'.join(map(str, layout))} prompt tokens per block in the prompt modes "
+        f"(guided block(s) {list(setting['guided_blocks'])} hold "
+        f"{setting['num_guided_prompts']}); SETR-PUP decode head "
+        f"({setting['decode_convs']} convs) + {len(setting['out_indices']) - 1} auxiliary "
+        f"heads, {setting['head_channels']} channels, {setting['num_classes']} classes, BN")
+
+
 def render_markdown(results: dict, command: str) -> str:
     setting, options = results['setting'], results['options']
     machine, entries = results['machine'], results['variants']
@@ -623,28 +747,13 @@ def render_markdown(results: dict, command: str) -> str:
         command,
         '```',
         '',
-        f"- Machine: {machine['cpu']}, {machine['cores']} cores available, "
-        f"{options['threads']} torch thread(s); device `{options['device']}`"
-        f"{'' if options['device'] == 'cpu' else ' (' + machine['device_name'] + ')'}; "
-        f"{machine['platform']}",
-        f"- Software: torch {machine['torch']}, timm {machine['timm']}, mmseg "
-        f"{machine['mmseg']}, mmcv {machine['mmcv']}, mmengine {machine['mmengine']}, "
-        f"Python {machine['python']}; timm fused attention (SDPA): "
-        f"{machine['timm_fused_attn']}, SDPA backend: {options['sdpa']}",
+        *_machine_lines(machine, options),
         f"- Run: {results['started']} → {results['finished']}; load average (1/5/15 min) "
         f"{results['loadavg_start']} at start, {results['loadavg_end']} at end; "
         f"{options['repeats']} interleaved rounds × {options['iters']} step(s) after "
         f"{options['warmup']} warm-up step(s) per variant, workers started by "
         f"{options['start_method']}",
-        f"- Model: {setting['arch']} geometry ({setting['depth']} blocks, width "
-        f"{setting['embed_dim']}, {setting['num_heads']} heads, patch {setting['patch_size']}), "
-        f"{setting['img_size']}×{setting['img_size']} input, batch {setting['batch_size']}: "
-        f"{(setting['img_size'] // setting['patch_size']) ** 2} patch tokens + CLS, plus "
-        f"{'/'.join(map(str, layout))} prompt tokens per block in the prompt modes "
-        f"(guided block(s) {list(setting['guided_blocks'])} hold "
-        f"{setting['num_guided_prompts']}); SETR-PUP decode head "
-        f"({setting['decode_convs']} convs) + {len(setting['out_indices']) - 1} auxiliary "
-        f"heads, {setting['head_channels']} channels, {setting['num_classes']} classes, BN",
+        _model_line(setting, layout),
         '',
         '| variant | what trains | trainable params | train step ms (median, min–max) | '
         'train img/s | train step × VPT-Deep | train GFLOPs | inference ms | inference '
@@ -672,6 +781,55 @@ def render_markdown(results: dict, command: str) -> str:
               '']
     lines += _targets(results)
     return '\n'.join(lines) + '\n'
+
+
+def memory_section_key(results: dict) -> str:
+    return f"memory-{results['setting']['name']}-{results['options']['device'].split(':')[0]}"
+
+
+def render_memory_markdown(results: dict, command: str) -> str:
+    setting, options, machine = results['setting'], results['options'], results['machine']
+    on_cpu = options['device'] == 'cpu'
+    layout = sorted({n for run in results['runs'] for n in run.get('prompt_tokens', [])
+                     if n} or {0})
+    lines = [
+        f"### Training-step peak memory: {setting['description']} — "
+        f"{machine['device_name']}", '', '```', command, '```', '',
+        *_machine_lines(machine, options),
+        f"- Run: {results['started']} → {results['finished']}; load average (1/5/15 min) "
+        f"{results['loadavg_start']} at start, {results['loadavg_end']} at end; "
+        f"{_fmt_bytes(results['mem_available_start'])} available at start; one fresh "
+        f"process per row, one at a time ({options['start_method']}), "
+        f"{options['steps']} training steps each (forward, backward, AdamW step)",
+        _model_line(setting, layout), '',
+    ]
+    if on_cpu:
+        lines += ['| variant | what trains | with_cp | trainable params | RSS baseline | '
+                  'RSS after build | peak RSS | peak − baseline | s/step |',
+                  '|---|---|---|---:|---:|---:|---:|---:|---:|']
+    else:
+        lines += ['| variant | what trains | with_cp | trainable params | max allocated | '
+                  's/step |', '|---|---|---|---:|---:|---:|']
+    for run in results['runs']:
+        head = f"| {run['variant']} | {run['note']} | {'yes' if run['with_cp'] else 'no'} | "
+        if 'error' in run:
+            lines.append(head + f"{run['error']} |" + ' |' * (5 if on_cpu else 1))
+            continue
+        params = f"{run['trainable'] / 1e6:.1f}M"
+        if on_cpu:
+            lines.append(head + f"{params} | {_fmt_bytes(run['rss_baseline_bytes'])} | "
+                         f"{_fmt_bytes(run['rss_model_bytes'])} | "
+                         f"{_fmt_bytes(run['peak_rss_bytes'])} | "
+                         f"**{_fmt_bytes(run['peak_bytes'])}** | {run['step_seconds']:.1f} |")
+        else:
+            lines.append(head + f"{params} | **{_fmt_bytes(run['peak_bytes'])}** | "
+                         f"{run['step_seconds']:.1f} |")
+    kind = ('peak − baseline: the rise of the process\'s resident-set high-water mark '
+            '(`VmHWM`) over its RSS before the model was built, i.e. without the Python '
+            'interpreter, torch, mmseg and the other libraries') if on_cpu else \
+        'max allocated: `max_memory_allocated`'
+    lines += ['', f'{kind}.', '']
+    return '\n'.join(lines)
 
 
 def _targets(results: dict) -> List[str]:
@@ -753,3 +911,151 @@ REQUIRED_FIELDS = ('trainable', 'trainable_backbone', 'trainable_heads', 'train_
 
 def finite(num) -> bool:
     return isinstance(num, (int, float)) and math.isfinite(num)
+
+
+# ------------------------------------------------------------- onnxruntime vs PyTorch eager
+ONNX_BACKENDS = ('pytorch', 'onnxruntime', 'onnxruntime-fixed')
+
+
+def _model_summary(model) -> str:
+    backbone = model.backbone
+    trunk = getattr(backbone, 'trunk', None)
+    if trunk is None:
+        return type(backbone).__name__
+    patch = backbone.patch_size[0]
+    prompts = sorted(set(backbone.prompt_counts))
+    return (f'{type(backbone).__name__} `{backbone.tuning_mode}` ({len(trunk.blocks)} blocks, '
+            f'width {backbone.embed_dim}, patch {patch}, prompts per block '
+            f'{"/".join(map(str, prompts))}), {type(model.decode_head).__name__} '
+            f'({model.decode_head.channels} channels, {model.decode_head.num_classes} '
+            f'classes), {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters')
+
+
+def run_onnx_latency(config: str, shape: Optional[Sequence[int]] = None, batch_size: int = 1,
+                     repeats: int = 10, warmup: int = 2, threads: int = 1,
+                     checkpoint: Optional[str] = None, cfg_options: Optional[dict] = None,
+                     min_timing_seconds: float = 0.25,
+                     progress: Callable[[str], None] = print) -> dict:
+    """Inference latency of one window through ``config``'s model: PyTorch eager
+    (``encode_decode`` under ``inference_mode``) against onnxruntime on its export, the
+    dynamic-shape graph and one fixed to ``shape``.
+
+    One process, the same thread count for both runtimes, the same input; each round times
+    every backend once, rotating which goes first, and the ratios are medians of per-round
+    ratios, so load changes on a shared machine hit all backends alike. Random weights
+    unless ``checkpoint`` is given (time does not depend on the values).
+    """
+    import tempfile
+    from functools import partial
+
+    import torch
+
+    from ..deploy import load_config, load_segmentor
+    from ..deploy.onnx_export import (INPUT_NAME, OUTPUT_NAME, InferenceGraph, export_onnx,
+                                      window_size)
+    from ..deploy.onnx_runtime import create_session
+    from .trainable_checkpoint import build_model_from_checkpoint_cfg
+    torch.set_num_threads(threads)
+    cfg = load_config(config, cfg_options)
+    model = load_segmentor(cfg, checkpoint)[0] if checkpoint else \
+        build_model_from_checkpoint_cfg(cfg).eval()
+    height, width = tuple(shape) if shape else window_size(model)
+    image = torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
+    graph = InferenceGraph(model).eval()
+    with torch.inference_mode():
+        reference = graph(image)
+    feed = {INPUT_NAME: image.numpy()}
+
+    def eager():
+        with torch.inference_mode():
+            return graph(image)
+    runners, entries = dict(pytorch=eager), dict(pytorch=dict(max_abs_diff=0.))
+    with tempfile.TemporaryDirectory() as folder:
+        for backend, fixed in (('onnxruntime', None), ('onnxruntime-fixed', (height, width))):
+            path = osp.join(folder, f'{backend}.onnx')
+            progress(f'{osp.basename(config)}: exporting ({backend})')
+            info = export_onnx(model, path, fixed)
+            session = create_session(path, 'cpu', threads)
+            runners[backend] = partial(session.run, [OUTPUT_NAME], feed)
+            diff = float(abs(runners[backend]()[0] - reference.numpy()).max())
+            entries[backend] = dict(export_seconds=info['seconds'], onnx_bytes=info['bytes'],
+                                    max_abs_diff=diff)
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    # A timing shorter than a scheduler slice is mostly noise on a shared machine: small
+    # models run several calls per timing, the same number for every backend.
+    start = time.perf_counter()
+    eager()
+    calls = max(1, round(min_timing_seconds / (time.perf_counter() - start)))
+    times = {backend: [] for backend in runners}
+    order = list(runners)
+    for index in range(repeats):
+        shift = index % len(order)
+        for backend in order[shift:] + order[:shift]:
+            start = time.perf_counter()
+            for _ in range(calls):
+                runners[backend]()
+            times[backend].append((time.perf_counter() - start) / calls)
+        progress(f'round {index + 1}/{repeats}: ' + ', '.join(
+            f'{b} {1e3 * t[-1]:.1f} ms' for b, t in times.items()))
+    for backend, seconds in times.items():
+        entries[backend].update(
+            seconds=seconds, ms=1e3 * statistics.median(seconds), ms_min=1e3 * min(seconds),
+            ms_max=1e3 * max(seconds), ratio_vs_pytorch=_ratio(seconds, times['pytorch']))
+    return dict(config=config, checkpoint=checkpoint, shape=[height, width],
+                batch_size=batch_size, calls_per_timing=calls, model=_model_summary(model),
+                backends=entries)
+
+
+def run_onnx_latencies(configs: Sequence[str], repeats: int = 10, warmup: int = 2,
+                       threads: int = 1, batch_size: int = 1,
+                       shape: Optional[Sequence[int]] = None,
+                       progress: Callable[[str], None] = print) -> dict:
+    """:func:`run_onnx_latency` for each config, in one run."""
+    import onnx
+    import onnxruntime
+    results = dict(kind='onnx-latency', machine=describe_machine('cpu', threads),
+                   options=dict(device='cpu', threads=threads, repeats=repeats, warmup=warmup,
+                                batch_size=batch_size),
+                   started=time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
+                   loadavg_start=_loadavg(), models=[])
+    results['machine'].update(device_name=f'CPU ({_cpu_model()})', onnx=onnx.__version__,
+                              onnxruntime=onnxruntime.__version__)
+    for config in configs:
+        results['models'].append(run_onnx_latency(config, shape, batch_size, repeats, warmup,
+                                                  threads, progress=progress))
+    _finish(results)
+    return results
+
+
+def render_onnx_markdown(results: dict, command: str) -> str:
+    machine, options = results['machine'], results['options']
+    lines = [f"### onnxruntime vs PyTorch eager, inference — {machine['device_name']}", '',
+             '```', command, '```', '', *_machine_lines(machine, options),
+             f"- onnx {machine['onnx']}, onnxruntime {machine['onnxruntime']} "
+             f"(CPUExecutionProvider, {options['threads']} intra-op thread(s), default graph "
+             'optimisations)',
+             f"- Run: {results['started']} → {results['finished']}; load average (1/5/15 min) "
+             f"{results['loadavg_start']} at start, {results['loadavg_end']} at end; "
+             f"{options['repeats']} interleaved rounds after {options['warmup']} warm-up "
+             'call(s) per backend, one process', '']
+    for entry in results['models']:
+        height, width = entry['shape']
+        lines += [f"**{entry['config']}** — {entry['model']}; one window of {height}×{width}, "
+                  f"batch {entry['batch_size']}, "
+                  f"{'random weights' if not entry['checkpoint'] else entry['checkpoint']}; "
+                  f"{entry['calls_per_timing']} call(s) per timing", '',
+                  '| backend | ms (median, min–max) | time × PyTorch eager | max abs diff vs '
+                  'PyTorch |', '|---|---:|---:|---:|']
+        for backend, e in entry['backends'].items():
+            name = {'pytorch': 'PyTorch eager (`inference_mode`)',
+                    'onnxruntime': 'onnxruntime, dynamic N/H/W graph (the default export)',
+                    'onnxruntime-fixed': f'onnxruntime, graph fixed to {height}×{width} '
+                                         '(`--shape`)'}[backend]
+            lines.append(f"| {name} | {e['ms']:.2f} ({e['ms_min']:.2f}–{e['ms_max']:.2f}) | "
+                         f"{e['ratio_vs_pytorch']:.3f} | {e['max_abs_diff']:.2g} |")
+        lines.append('')
+    lines += ['ms: per call. Time × PyTorch eager: median over rounds of the per-round time '
+              'ratio (< 1: onnxruntime is faster). Max abs diff: logits, on this input.', '']
+    return '\n'.join(lines)

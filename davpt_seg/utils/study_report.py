@@ -11,7 +11,7 @@ import re
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
-BLOCKS = ('main', 'ablation', 'per-class', 'plots', 'runs')
+BLOCKS = ('main', 'ablation', 'confirmation', 'per-class', 'plots', 'runs')
 
 
 def mean_std(values: Sequence[float]):
@@ -66,12 +66,14 @@ def _millions(count: Optional[int]) -> str:
     return f'{count / 1e6:.2f}M' if count >= 1e5 else f'{count / 1e3:.1f}k'
 
 
-def main_table(runs, variants, baseline: str) -> str:
+def main_table(runs, variants, baseline: str, names: Optional[Sequence[str]] = None) -> str:
+    """One row per variant of the ``main`` group (or of ``names``) that has runs."""
     lines = ['| variant | config | trainable | seeds | val mIoU (mean ± std) | per seed | '
              f'Δ vs {baseline} (paired) | min/run |',
              '|---|---|---|---|---|---|---|---|']
     for variant in variants:
-        if variant.group != 'main' or variant.name not in runs:
+        wanted = variant.name in names if names is not None else variant.group == 'main'
+        if not wanted or variant.name not in runs:
             continue
         seeds = runs[variant.name]
         values = [seeds[s]['mIoU'] for s in sorted(seeds)]
@@ -220,11 +222,16 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 def render_report(records: List[dict], variants, report_path: str, plot_dir: str,
                   reference: str, baseline: str,
+                  confirmation_records: Sequence[dict] = (),
                   curve_variants: Sequence[str] = ('linear', 'vpt-deep', 'davpt', 'davpt-plus',
                                                    'detach-data', 'pairing-key-query')
                   ) -> Dict[str, str]:
-    """Writes the generated blocks of ``report_path`` and the plots; returns the blocks."""
+    """Writes the generated blocks of ``report_path`` and the plots; returns the blocks.
+
+    ``confirmation_records``: runs of a longer schedule, tabulated on their own.
+    """
     runs = by_variant(records)
+    confirmation = by_variant(list(confirmation_records))
     os.makedirs(plot_dir, exist_ok=True)
     miou_png = osp.join(plot_dir, 'miou.png')
     curves_png = osp.join(plot_dir, 'curves.png')
@@ -235,10 +242,12 @@ def render_report(records: List[dict], variants, report_path: str, plot_dir: str
     blocks = {
         'main': main_table(runs, variants, baseline),
         'ablation': ablation_table(runs, variants, reference, baseline),
+        'confirmation': main_table(confirmation, variants, baseline, names=list(confirmation))
+        if confirmation else '(no runs yet)',
         'per-class': per_class_table(runs, variants, main_names),
         'plots': f'![val mIoU per variant]({rel(miou_png)})\n\n'
                  f'![training curves]({rel(curves_png)})',
-        'runs': runs_table(records),
+        'runs': runs_table(list(records) + list(confirmation_records)),
     }
     text = open(report_path).read() if osp.exists(report_path) else \
         '# Real-data study: CamVid + DINOv2 ViT-S/14\n'

@@ -86,8 +86,14 @@ class SemanticMappingHook(Hook):
             print_log('SemanticMappingHook: class mapping restored from the checkpoint; no '
                       'initial pass', logger='current')
             return
-        sums, counts = self._initial_statistics(model, loader)
-        self._recluster(sums, counts, 'initial mapping')
+        self.initial_mapping(model, loader)
+
+    def initial_mapping(self, model, train_loader: DataLoader):
+        """The initial pass and clustering of ``model.class_mapping`` (what ``before_train``
+        does for a new run; analysis tools call it on a model outside a Runner)."""
+        self._mapping = model.class_mapping
+        sums, counts = self._initial_statistics(model, train_loader)
+        return self._recluster(sums, counts, 'initial mapping')
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
