@@ -11,14 +11,22 @@ from testing the saved rank-0 checkpoint. On GPUs none of this applies.
 """
 import argparse
 import copy
+import gc
+import glob
+import logging
 import os
 import os.path as osp
+import sys
+from typing import List
 
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
                              is_npu_available)
 from mmengine.logging import print_log
+
+from .datasets.checks import DATA_CHECK_MODES, DEFAULT_LABEL_SAMPLES
+from .utils.checkpoint_files import CheckpointFileError, check_file
 
 
 def has_accelerator() -> bool:
@@ -53,16 +61,91 @@ def setup_cpu_distributed(cfg, launcher: str) -> bool:
     return True
 
 
-def finish_distributed() -> None:
-    """Tears the process group down before the interpreter exits.
+# Native threads of a live gloo process group: its tcp event loop and its work threads.
+GLOO_THREAD_NAMES = ('gloo_tcp_loop', 'pt_gloo_runloop')
 
-    Left to interpreter shutdown, gloo's worker threads may still run while their objects
-    are destroyed, and a rank then aborts ("terminate called without an active exception")
-    after a successful run, failing torchrun.
+
+def native_thread_names() -> List[str]:
+    """Names of this process's OS threads (Linux; empty elsewhere)."""
+    names = []
+    for task in sorted(glob.glob('/proc/self/task/*/comm')):
+        try:
+            with open(task) as handle:
+                names.append(handle.read().strip())
+        except OSError:  # the thread ended meanwhile
+            continue
+    return names
+
+
+def _release_pinned_groups() -> List[str]:
+    """Resets ``torch.distributed`` function defaults that hold a process group.
+
+    ``torch.distributed.nn.functional`` (``def broadcast(..., group=group.WORLD)`` and nine
+    more) and ``ZeroRedundancyOptimizer``'s ``_broadcast_object`` evaluate
+    ``group.WORLD`` when their module is imported: imported after ``init_process_group``
+    (mmengine imports them on building a Runner), they keep the default group alive for
+    the life of the interpreter. Once the group is destroyed that reference is dead anyway;
+    ``None`` means "the default group" to all of them. Returns the functions reset.
     """
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    from torch.distributed import ProcessGroup
+    released = []
+    for name, module in list(sys.modules.items()):
+        if not name.startswith('torch.distributed') or module is None:
+            continue
+        for attr, value in list(vars(module).items()):
+            defaults = getattr(value, '__defaults__', None)
+            if callable(value) and defaults and \
+                    any(isinstance(d, ProcessGroup) for d in defaults):
+                value.__defaults__ = tuple(None if isinstance(d, ProcessGroup) else d
+                                           for d in defaults)
+                released.append(f'{name}.{attr}')
+    return released
+
+
+def finish_distributed() -> None:
+    """Destroys the process group, and gloo's threads with it, before the interpreter exits.
+
+    ``destroy_process_group`` alone stops nothing for gloo: ``ProcessGroupGloo`` has no
+    ``shutdown`` (``Backend::shutdown`` is a no-op), and the C++ group lives on while
+    anything references it: the DDP wrapper and its reducer, held by the runner's reference
+    cycles, and torch functions whose default arguments captured the group (see
+    ``_release_pinned_groups``). Its tcp event loop and work threads then run on into
+    interpreter finalisation and exit, where the group is torn down (or not) in no
+    particular order relative to the peer ranks closing their sockets; a rank can then die
+    with "terminate called without an active exception" (the message of a ``std::thread``
+    destroyed while still joinable: gloo's ``tcp::Loop`` destructor calls
+    ``std::terminate`` in that case) after a successful run, failing torchrun. So: all ranks
+    meet at a barrier, the group is destroyed, its last references are released and
+    collected on this thread (which joins gloo's threads), and any gloo thread that still
+    runs is reported. Call it once the runner is out of scope.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    released = _release_pinned_groups()
+    gc.collect()
+    if released:
+        print_log(f'finish_distributed: released the process group held by the default '
+                  f'arguments of {released}', logger='current', level=logging.DEBUG)
+    alive = [name for name in native_thread_names() if name in GLOO_THREAD_NAMES]
+    if alive:
+        # stderr, not the logger: mmengine's logger only shows errors on ranks other than 0.
+        print(f'finish_distributed: {len(alive)} gloo threads ({sorted(set(alive))}) are '
+              'still running after the process group was destroyed: something still '
+              'references it (e.g. a runner or DDP model kept alive); they will be torn down '
+              'at interpreter exit, which may abort this process', file=sys.stderr, flush=True)
+
+
+def check_checkpoint_file(path, what: str = 'checkpoint') -> None:
+    """Exits with the reason when a local checkpoint is visibly truncated or corrupt, before
+    the (slow) model build; remote ones (``scheme://``) are left to their loader."""
+    if not path or '://' in str(path):
+        return
+    try:
+        check_file(str(path), what)
+    except CheckpointFileError as error:
+        sys.exit(f'error: {error}')
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,15 +157,32 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument(
-        '--no-data-check', action='store_true',
-        help='skip the check that every image has a label file of its size (dataset roots '
-        'and split folders are still checked)')
+        '--data-check', choices=DATA_CHECK_MODES, default=None,
+        help='before building the model, check that every image has a label file of its '
+        'size and that label values are classes of the decode head or its ignore index '
+        '(after the dataset\'s reduce_zero_label / label_map): "sample" (default) reads the '
+        'values of --data-check-samples label files per split, "full" of all of them, '
+        '"off" checks the dataset folders only')
+    parser.add_argument(
+        '--data-check-samples', type=int, default=DEFAULT_LABEL_SAMPLES, metavar='N',
+        help='label files per split, evenly spread, whose values "--data-check sample" '
+        f'reads (default: {DEFAULT_LABEL_SAMPLES})')
+    parser.add_argument('--no-data-check', action='store_true',
+                        help='same as --data-check off')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
 def parse_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
+    if args.no_data_check:
+        if args.data_check not in (None, 'off'):
+            parser.error(f'--no-data-check contradicts --data-check {args.data_check}')
+        args.data_check = 'off'
+    args.data_check = args.data_check or 'sample'
+    if args.data_check_samples < 1:
+        parser.error('--data-check-samples must be at least 1 (use --data-check off to skip '
+                     'the label values)')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 

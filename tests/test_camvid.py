@@ -94,7 +94,9 @@ def test_dataset_reads_the_converted_layout(tmp_path):
     out = str(tmp_path / 'camvid')
     _converter().main([src, '-o', out, '--splits', 'train', 'val'])
     cfg = camvid_cfg(out)
-    assert check_data_cfg(cfg, ('train', 'val')) == ['train: 2 samples', 'val: 2 samples']
+    assert check_data_cfg(cfg, ('train', 'val')) == [
+        'train: 2 samples, label values of 2 files (sample)',
+        'val: 2 samples, label values of 2 files (sample)']
     dataset = DATASETS.build(cfg.val_dataloader.dataset)
     assert dataset.metainfo['classes'] == CAMVID_CLASSES and len(CAMVID_CLASSES) == 11
     assert len(dataset.metainfo['palette']) == 11

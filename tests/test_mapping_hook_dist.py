@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) train with SemanticMappingHook and end with one mapping."""
+"""Two CPU processes (gloo) train with SemanticMappingHook, end with one mapping, and tear
+the process group down (gloo's threads included) before exiting."""
 import datetime
 import os
 import socket
@@ -25,6 +26,15 @@ def _worker(rank: int, port: int, data_root: str, work_dir: str):
     # with the process group already up, the Runner uses it as it is.
     torch_dist.init_process_group('gloo', rank=rank, world_size=WORLD_SIZE,
                                   timeout=datetime.timedelta(seconds=120))
+    from davpt_seg.launch import finish_distributed, native_thread_names
+    _train(rank, data_root, work_dir)  # the runner is out of scope when it returns
+    before = native_thread_names()
+    finish_distributed()  # what tools/train.py does before exiting
+    torch.save(dict(before=before, after=native_thread_names()),
+               os.path.join(work_dir, f'threads{rank}.pt'))
+
+
+def _train(rank: int, data_root: str, work_dir: str):
     from mmengine.runner import Runner
 
     from conftest import tiny_train_cfg
@@ -59,7 +69,6 @@ def _worker(rank: int, port: int, data_root: str, work_dir: str):
     torch.save(dict(state=mapping.state_dict(), calls=calls,
                     local_initial=torch.stack(local_initial).sum(0)),
                os.path.join(work_dir, f'rank{rank}.pt'))
-    torch_dist.destroy_process_group()
 
 
 def test_two_processes_end_with_the_same_mapping(tmp_path, synthetic_ade):
@@ -90,3 +99,11 @@ def test_two_processes_end_with_the_same_mapping(tmp_path, synthetic_ade):
         assert torch.equal(calls[0]['clustered'], calls[1]['clustered'])
         assert torch.equal(calls[0]['clustered'], calls[0]['local'] + calls[1]['local'])
         assert calls[0]['local'].sum() > 0 and calls[1]['local'].sum() > 0
+
+    # Teardown: gloo's threads ran after training, and none survives into interpreter exit
+    # (where their destruction order against the peer's exit could abort the process).
+    from davpt_seg.launch import GLOO_THREAD_NAMES
+    for rank in range(WORLD_SIZE):
+        threads = torch.load(os.path.join(work_dir, f'threads{rank}.pt'), weights_only=True)
+        assert set(GLOO_THREAD_NAMES) <= set(threads['before'])
+        assert not set(GLOO_THREAD_NAMES) & set(threads['after']), threads['after']

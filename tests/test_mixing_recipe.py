@@ -1,27 +1,51 @@
-"""docs/mixing.md's recipe, applied verbatim to mmseg's own SETR ADE20K configs.
+"""docs/mixing.md's recipe, applied to mmseg 1.2.2's own ViT configs, family by family.
 
-The recipe block is read from the doc, so doc and test cannot drift apart. Each converted
-config is shrunk to a tiny size (widths, depth, crop, classes: test plumbing, not part of the
-recipe) and trains one iteration through mmengine's Runner, hook included.
+The recipe block and the table of backbone fields are read from the doc, so doc and test
+cannot drift apart: every row of the table is checked against the mmseg config it names (and
+every mmseg config with a ``VisionTransformer`` backbone must have a row), and one config of
+each family (SETR PUP/MLA/Naive, UperNet with ViT or DeiT with and without
+``MultiLevelNeck``, Segmenter mask and linear heads, DPT) is converted with its row's values,
+shrunk (widths, crop, classes, prompt counts: test plumbing, not part of the recipe; depth,
+``img_size`` and ``out_indices`` stay the original's) and trained one iteration through
+mmengine's Runner, hook included.
 """
+import ast
+import copy
+import glob
+import inspect
 import os.path as osp
 import re
 
+import mmseg
 import pytest
+import timm
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
+from mmseg.models.backbones import VisionTransformer
 
 from conftest import NUM_CLASSES, TINY_TIMM
 
 DOC = osp.join(osp.dirname(__file__), '..', 'docs', 'mixing.md')
-MMSEG_SETR = {
-    'pup': 'mmseg::setr/setr_vit-l_pup_8xb2-160k_ade20k-512x512.py',
-    'mla': 'mmseg::setr/setr_vit-l_mla_8xb2-160k_ade20k-512x512.py',
-    'naive': 'mmseg::setr/setr_vit-l_naive_8xb2-160k_ade20k-512x512.py',
+MMSEG_CONFIGS = osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs')
+VIT_FAMILIES = ('setr', 'vit', 'segmenter', 'dpt')
+MMSEG_DEFAULTS = {name: p.default for name, p in
+                  inspect.signature(VisionTransformer.__init__).parameters.items()}
+# One config per family and variant: trained one iteration each.
+TRAINED = {
+    'setr-pup': 'setr/setr_vit-l_pup_8xb2-160k_ade20k-512x512.py',
+    'setr-mla': 'setr/setr_vit-l_mla_8xb2-160k_ade20k-512x512.py',
+    'setr-naive': 'setr/setr_vit-l_naive_8xb2-160k_ade20k-512x512.py',
+    'upernet-vit-mln': 'vit/vit_vit-b16_mln_upernet_8xb2-160k_ade20k-512x512.py',
+    'upernet-vit-ln-mln': 'vit/vit_vit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py',
+    'upernet-deit-no-neck': 'vit/vit_deit-b16_upernet_8xb2-160k_ade20k-512x512.py',
+    'upernet-deit-s-mln': 'vit/vit_deit-s16_mln_upernet_8xb2-160k_ade20k-512x512.py',
+    'segmenter-mask': 'segmenter/segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py',
+    'segmenter-linear': 'segmenter/segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py',
+    'dpt': 'dpt/dpt_vit-b16_8xb2-160k_ade20k-512x512.py',
 }
-# ViT-L widths of the SETR heads and necks -> tiny ones (1024: trunk, 256/512/128: heads).
-TINY_WIDTH = {1024: TINY_TIMM["embed_dim"], 512: 32, 256: 16, 128: 8}  # MLA: 512 = 4 x 128
+WIDTH_KEYS = ('in_channels', 'channels', 'out_channels', 'mla_channels', 'embed_dims',
+              'post_process_channels')
 
 
 def recipe(base: str) -> str:
@@ -33,28 +57,86 @@ def recipe(base: str) -> str:
     return '\n'.join([f'_base_ = [{base!r}]'] + lines[1:]) + '\n'
 
 
-def shrink(node, key=None):
-    """Every SETR width to its tiny counterpart, every class count to NUM_CLASSES."""
+def table() -> dict:
+    """config path -> {field: value} from the doc's table of backbone fields."""
+    text = open(DOC).read()
+    block = re.search(r'<!-- families:start -->\n(.*?)<!-- families:end -->', text,
+                      re.S).group(1)
+    rows = [[cell.strip().strip('`') for cell in line.strip().strip('|').split('|')]
+            for line in block.strip().splitlines()]
+    header, rows = rows[0], rows[2:]
+    assert header[0] == 'config'
+    return {row[0]: dict(zip(header[1:], (row[1], *map(ast.literal_eval, row[2:]))))
+            for row in rows}
+
+
+def original_backbone(config: str) -> dict:
+    backbone = Config.fromfile(osp.join(MMSEG_CONFIGS, config)).model.backbone
+    return {**MMSEG_DEFAULTS, **backbone.to_dict()}
+
+
+def test_the_table_covers_every_mmseg_vit_config_with_its_values():
+    rows = table()
+    configs = []
+    for family in VIT_FAMILIES:
+        for path in sorted(glob.glob(osp.join(MMSEG_CONFIGS, family, '*.py'))):
+            config = osp.relpath(path, MMSEG_CONFIGS)
+            if original_backbone(config)['type'] == 'VisionTransformer':
+                configs.append(config)
+    assert sorted(rows) == sorted(configs)
+    trunks = {}
+    for config, row in rows.items():
+        original = original_backbone(config)
+        for field, value in row.items():
+            if field != 'arch':
+                assert value == original[field], (config, field)
+        if row['arch'] not in trunks:
+            with torch.device('meta'):  # the architecture only, no weights
+                trunks[row['arch']] = timm.create_model(row['arch'], pretrained=False)
+        trunk = trunks[row['arch']]
+        assert (trunk.embed_dim, len(trunk.blocks), trunk.blocks[0].attn.num_heads,
+                trunk.patch_embed.patch_size) == \
+            (original['embed_dims'], original['num_layers'], original['num_heads'],
+             (original['patch_size'], ) * 2), config
+
+
+def shrink(node, width: int, key=None):
+    """Widths scaled so that the trunk's ``width`` becomes the tiny trunk's; class counts to
+    NUM_CLASSES; attention heads to the tiny trunk's (they must divide the width)."""
     if isinstance(node, dict):
-        return {k: shrink(v, k) for k, v in node.items()}
+        return {k: shrink(v, width, k) for k, v in node.items()}
     if isinstance(node, (list, tuple)):
-        return type(node)(shrink(v, key) for v in node)
+        return type(node)(shrink(v, width, key) for v in node)
     if key == 'num_classes':
         return NUM_CLASSES
-    if key in ('in_channels', 'channels', 'out_channels', 'mla_channels'):
-        return TINY_WIDTH.get(node, node)
+    if key == 'num_heads':
+        return TINY_TIMM['num_heads']
+    if key in WIDTH_KEYS and isinstance(node, int):
+        return max(4, round(node * TINY_TIMM['embed_dim'] / width))
     return node
 
 
-def tiny(cfg: Config, data_root: str, work_dir: str, name: str) -> Config:
+def converted(config: str, tmp_path, **backbone) -> Config:
+    """The recipe on ``config`` with the table's fields set, as a user writes it."""
+    path = tmp_path / 'davpt_config.py'
+    path.write_text(recipe(f'mmseg::{config}'))
+    cfg = Config.fromfile(str(path))
+    cfg.model.backbone.update(table()[config], **backbone)
+    return cfg
+
+
+def tiny(cfg: Config, config: str, data_root: str, work_dir: str, name: str) -> Config:
     from davpt_seg.datasets import ade_class_names
-    model = shrink(cfg.to_dict()['model'])
-    model['backbone'].update(arch='vit_base_patch16_224', timm_kwargs=dict(TINY_TIMM),
-                             img_size=(32, 32), out_indices=(0, 1, 2, 3), num_prompts=3,
-                             guided_blocks=(2, ), num_guided_prompts=3, num_extra_prompts=1,
-                             init_cfg=None)
+    cfg = copy.deepcopy(cfg)
+    model = cfg.to_dict()['model']
+    backbone = model.pop('backbone')
+    model = shrink(model, original_backbone(config)['embed_dims'])
+    backbone.update(timm_kwargs=dict(patch_size=TINY_TIMM['patch_size'],
+                                     embed_dim=TINY_TIMM['embed_dim'],
+                                     num_heads=TINY_TIMM['num_heads']),
+                    num_prompts=3, num_guided_prompts=3, num_extra_prompts=1, init_cfg=None)
+    model.update(backbone=backbone, test_cfg=dict(mode='whole'))
     model['data_preprocessor']['size'] = (32, 32)
-    model['test_cfg'] = dict(mode='whole')
     cfg.model = model
     cfg.merge_from_dict(dict(
         work_dir=work_dir,
@@ -76,11 +158,10 @@ def tiny(cfg: Config, data_root: str, work_dir: str, name: str) -> Config:
     return cfg
 
 
-@pytest.mark.parametrize('name', sorted(MMSEG_SETR))
-def test_recipe_turns_mmseg_setr_into_davpt(name, tmp_path, synthetic_ade):
-    path = tmp_path / f'setr_{name}_davpt.py'
-    path.write_text(recipe(MMSEG_SETR[name]))
-    cfg = Config.fromfile(str(path))
+@pytest.mark.parametrize('name', sorted(TRAINED))
+def test_recipe_turns_mmseg_vit_configs_into_davpt(name, tmp_path, synthetic_ade):
+    config = TRAINED[name]
+    cfg = converted(config, tmp_path)
     # The recipe itself, before shrinking: DA-VPT on the original heads and schedule.
     assert cfg.model.type == 'DAVPTEncoderDecoder'
     assert cfg.model.backbone.type == 'PromptedViT'
@@ -88,9 +169,12 @@ def test_recipe_turns_mmseg_setr_into_davpt(name, tmp_path, synthetic_ade):
     assert cfg.custom_hooks[0].type == 'SemanticMappingHook'
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'
     assert cfg.train_dataloader.dataset.type == 'ADE20KDataset'
-    assert ('neck' in cfg.model) == (name == 'mla')
+    if not cfg.model.backbone.with_cls_token:  # SETR-MLA: the doc says to keep CLS
+        with pytest.raises(ValueError, match="needs the CLS token.*with_cls_token=True"):
+            Runner.from_cfg(tiny(cfg, config, synthetic_ade, str(tmp_path / 'x'), name))
+        cfg.model.backbone.with_cls_token = True
 
-    runner = Runner.from_cfg(tiny(cfg, synthetic_ade, str(tmp_path / 'work'), name))
+    runner = Runner.from_cfg(tiny(cfg, config, synthetic_ade, str(tmp_path / 'work'), name))
     runner.train()
     assert runner.iter == 1
     model = runner.model
@@ -102,3 +186,20 @@ def test_recipe_turns_mmseg_setr_into_davpt(name, tmp_path, synthetic_ade):
     assert hub.get_scalar('train/loss_prompt_token').current() > 0
     # Only prompts and heads trained: the trunk kept requires_grad=False.
     assert not any(p.requires_grad for p in model.backbone.trunk.parameters())
+    # What the backbone returns is what the original ViT returned to these heads.
+    outs = model.backbone(torch.randn(1, 3, 32, 32))
+    assert len(outs) == len(model.backbone.out_indices)
+    assert all(isinstance(o, list) == cfg.model.backbone.output_cls_token for o in outs)
+
+
+def test_setr_mla_without_cls_token_trains_as_vpt_deep(tmp_path, synthetic_ade):
+    """mmseg's SETR-MLA drops the CLS token; the non-guided modes keep that exactly."""
+    config = TRAINED['setr-mla']
+    cfg = converted(config, tmp_path, tuning_mode='vpt-deep')
+    assert cfg.model.backbone.with_cls_token is False
+    cfg.custom_hooks = []  # docs/mixing.md: no mapping hook without guided prompts
+    runner = Runner.from_cfg(tiny(cfg, config, synthetic_ade, str(tmp_path / 'work'),
+                                  'mla-vpt'))
+    runner.train()
+    assert runner.iter == 1 and runner.model.backbone.num_prefix == 0
+    assert torch.isfinite(torch.tensor(runner.message_hub.get_scalar('train/loss').current()))

@@ -68,6 +68,68 @@ def test_mmseg_checkpoint_gives_mmseg_features(tmp_path, size):
         assert (out - ref).abs().max() <= 1e-4
 
 
+# mmseg VisionTransformer options -> the PromptedViT arguments that give the same backbone.
+MMSEG_OPTIONS = [
+    (dict(with_cls_token=False), {}),  # SETR-MLA: CLS dropped before the blocks
+    (dict(output_cls_token=True), {}),  # DPT: [map, CLS] pairs
+    (dict(output_cls_token=True, final_norm=True, out_indices=-1), {}),  # CLS after the norm
+    (dict(final_norm=True, out_indices=-1), {}),  # Segmenter: the last block, normalised
+    (dict(pre_norm=True, with_cls_token=False),
+     dict(timm_kwargs=dict(TINY_TIMM, pre_norm=True))),  # the norm after dropping CLS
+    (dict(patch_norm=True), dict(timm_kwargs=dict(TINY_TIMM, embed_norm_layer='layernorm'))),
+]
+
+
+@pytest.mark.parametrize('mmseg_options,ours_options', MMSEG_OPTIONS,
+                         ids=lambda o: ','.join(f'{k}={v}' for k, v in o.items()
+                                                if k != 'timm_kwargs') or 'timm_kwargs')
+def test_mmseg_options_give_mmseg_outputs(tmp_path, mmseg_options, ours_options):
+    source = tiny_mmseg_vit(**mmseg_options)
+    path = str(tmp_path / 'vit_mmseg.pth')
+    torch.save(source.state_dict(), path)
+    same = {k: v for k, v in mmseg_options.items() if k not in ('pre_norm', 'patch_norm')}
+    ours = build(tuning_mode='linear', init_cfg=dict(type='Pretrained', checkpoint=path),
+                 **same, **ours_options)
+    ours.init_weights()
+    x = torch.randn(2, 3, 40, 48)
+    with torch.no_grad():
+        expected, outs = source(x), ours.eval()(x)
+    assert len(outs) == len(expected) == len(source.out_indices)
+    for out, ref in zip(outs, expected):
+        if mmseg_options.get('output_cls_token'):
+            assert isinstance(out, list) and len(out) == len(ref) == 2
+            assert out[1].shape == ref[1].shape == (2, 32)
+            assert (out[1] - ref[1]).abs().max() <= 1e-4
+            out, ref = out[0], ref[0]
+        assert out.shape == ref.shape == (2, 32, 5, 6)
+        assert (out - ref).abs().max() <= 1e-4
+
+
+def test_prompts_keep_the_cls_token_output_and_without_cls_the_sequence_shrinks():
+    with_cls = build(tuning_mode='vpt-deep', output_cls_token=True).eval()
+    without = build(tuning_mode='vpt-deep', with_cls_token=False).eval()
+    lengths = []
+    for block in without.trunk.blocks:
+        block.register_forward_hook(lambda m, i, o: lengths.append(o.shape[1]))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        pairs, maps = with_cls(x), without(x)
+    assert lengths == [3 + 16] * 4  # prompts + patches, no CLS
+    for (feature_map, cls), plain in zip(pairs, maps):
+        assert feature_map.shape == plain.shape == (1, 32, 4, 4) and cls.shape == (1, 32)
+
+
+@pytest.mark.parametrize('bad,match', [
+    (dict(with_cls_token=False), r"tuning_mode='da-vpt' needs the CLS token.*"
+                                 r"with_cls_token=True"),
+    (dict(tuning_mode='vpt-deep', with_cls_token=False, output_cls_token=True),
+     r'output_cls_token=True .* needs with_cls_token=True'),
+])
+def test_cls_token_options_that_cannot_work_are_clear_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        build(**bad)
+
+
 @pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
 def test_timm_checkpoint_loads_into_trunk(tmp_path, suffix):
     source = timm.create_model('vit_base_patch16_224', pretrained=False, img_size=32,

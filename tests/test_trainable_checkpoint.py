@@ -2,6 +2,7 @@
 import copy
 import glob
 import os.path as osp
+import re
 import runpy
 import sys
 
@@ -187,3 +188,40 @@ def test_size_estimate_matches_the_measured_export(trained):
                    if not k.endswith(tc.SIGNATURE_KEY))
     assert sizes['export_bytes'] == exported
     assert sizes['full_bytes'] > sizes['weights_bytes'] > sizes['export_bytes']
+
+
+@pytest.mark.parametrize('kind', ['full.pth', 'trainable.pth', 'trainable.safetensors'])
+def test_truncated_checkpoints_and_exports_are_named_by_every_reader(trained, tmp_path,
+                                                                     monkeypatch, kind):
+    from mmengine.runner import CheckpointLoader
+
+    from davpt_seg.utils.checkpoint_files import CheckpointFileError
+    source = {'full.pth': trained['full'], 'trainable.pth': trained['export']}.get(kind)
+    if source is None:
+        source = str(tmp_path / 'intact.safetensors')
+        tc.export_trainable(trained['full'], source)
+    cut = str(tmp_path / f'cut_{kind}')
+    with open(source, 'rb') as intact, open(cut, 'wb') as handle:
+        data = intact.read()
+        handle.write(data[:len(data) // 2])  # an interrupted copy
+    named = re.escape(repr(cut)) + '.*truncated'
+
+    # mmengine's loader: load_from, --resume, tools/test.py, tools/infer.py, tools/export_onnx.py
+    with pytest.raises(CheckpointFileError, match=named):
+        CheckpointLoader.load_checkpoint(cut, map_location='cpu')
+    if kind.startswith('trainable'):
+        with pytest.raises(CheckpointFileError, match=named):
+            tc.read_trainable_checkpoint(cut)
+    else:
+        with pytest.raises(CheckpointFileError, match=named):
+            tc.export_trainable(cut, str(tmp_path / 'export.pth'))
+
+    # tools/test.py refuses it before building the model.
+    cfg_path = str(tmp_path / 'cfg.py')
+    Config(_test_cfg(str(tmp_path / 'work'), trained['data_root'],
+                     _model_cfg(trained['trunk']), None)).dump(cfg_path)
+    monkeypatch.setattr(sys, 'argv', ['test.py', cfg_path, cut, '--work-dir',
+                                      str(tmp_path / 'work')])
+    with pytest.raises(SystemExit, match=named):
+        runpy.run_path(TEST_TOOL, run_name='__main__')
+    assert not osp.exists(tmp_path / 'work')  # stopped before the runner was built

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    check_data_cfg(cfg, ('train', ), check_samples=False)
+    check_data_cfg(cfg, ('train', ), 'off')
     torch.manual_seed(args.seed)
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules

@@ -15,8 +15,9 @@ from mmengine.runner import Runner
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import davpt_seg  # noqa: E402,F401  (registers modules, safe checkpoint loading)
 from davpt_seg.datasets import check_data_cfg  # noqa: E402
-from davpt_seg.launch import (add_common_arguments, finish_distributed, load_config,  # noqa: E402,E501
-                              parse_arguments, setup_cpu_distributed)
+from davpt_seg.launch import (add_common_arguments, check_checkpoint_file,  # noqa: E402
+                              finish_distributed, load_config, parse_arguments,
+                              setup_cpu_distributed)
 
 
 # TODO: support fuse_conv_bn, visualization, and format_only
@@ -97,8 +98,10 @@ def main():
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
 
-    for line in check_data_cfg(cfg, ('test', ), check_samples=not args.no_data_check):
+    for line in check_data_cfg(cfg, ('test', ), args.data_check,
+                               args.data_check_samples):
         print_log(f'data check: {line}', logger='current')
+    check_checkpoint_file(args.checkpoint)
 
     # torchrun on a machine without GPU (tools/dist_*.sh): gloo, no SyncBN.
     setup_cpu_distributed(cfg, args.launcher)

@@ -16,8 +16,9 @@ from mmseg.registry import RUNNERS
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import davpt_seg  # noqa: E402,F401  (registers modules, safe checkpoint loading)
 from davpt_seg.datasets import check_data_cfg  # noqa: E402
-from davpt_seg.launch import (add_common_arguments, finish_distributed, load_config,  # noqa: E402,E501
-                              has_accelerator, parse_arguments, setup_cpu_distributed)
+from davpt_seg.launch import (add_common_arguments, check_checkpoint_file,  # noqa: E402
+                              finish_distributed, has_accelerator, load_config,
+                              parse_arguments, setup_cpu_distributed)
 
 
 def parse_args():
@@ -76,8 +77,10 @@ def main():
     # Missing data should fail now, naming the path, not inside a worker after the model
     # build; validation data too, since it is first read at the end of an interval.
     splits = ('train', 'val') if cfg.get('val_cfg') else ('train', )
-    for line in check_data_cfg(cfg, splits, check_samples=not args.no_data_check):
+    for line in check_data_cfg(cfg, splits, args.data_check,
+                               args.data_check_samples):
         print_log(f'data check: {line}', logger='current')
+    check_checkpoint_file(cfg.get('load_from'), 'load_from checkpoint')
 
     # torchrun on a machine without GPU (tools/dist_*.sh): gloo, no SyncBN.
     setup_cpu_distributed(cfg, args.launcher)

@@ -11,11 +11,16 @@ own checkpoints. Turning unpickling back on would let any checkpoint run code. I
   always, custom ones when the module that defines them is imported).
 
 Every checkpoint written with davpt_seg imported then loads on the safe path; nothing is ever
-fully unpickled.
+fully unpickled. mmengine's loader for local paths is replaced by one that says which file
+is truncated or corrupt (:mod:`davpt_seg.utils.checkpoint_files`) and also reads
+``.safetensors`` (trainable-only exports).
 """
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from .checkpoint_files import load_from_local
 
 
 def _data_only_state(self) -> dict:
@@ -33,3 +38,4 @@ def enable_safe_mmengine_checkpoints() -> None:
     """Idempotent; called when davpt_seg is imported."""
     HistoryBuffer.__getstate__ = _data_only_state
     torch.serialization.add_safe_globals([HistoryBuffer, *_numpy_globals()])
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)

@@ -18,6 +18,9 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .checkpoint_files import (SAFETENSORS_META_KEY, CheckpointFileError,
+                               read_safetensors_file, read_torch_file)
+
 # Key (under the backbone's prefix) of the trunk signature inside an exported state dict.
 SIGNATURE_KEY = 'pretrained_trunk_signature'
 FORMAT_TAG = 'davpt_seg.trainable_only.v1'
@@ -185,7 +188,7 @@ def export_trainable(src: str, dst: str, config: Optional[str] = None) -> dict:
     import davpt_seg  # noqa: F401  (safe-load allowlist for mmengine checkpoints)
     if not osp.isfile(src):
         raise FileNotFoundError(f'source checkpoint {src!r} does not exist')
-    checkpoint = torch.load(src, map_location='cpu', weights_only=True)
+    checkpoint = read_torch_file(src, 'source checkpoint')
     state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) \
         else None
     if not isinstance(state_dict, dict) or not state_dict:
@@ -221,7 +224,7 @@ def export_trainable(src: str, dst: str, config: Optional[str] = None) -> dict:
 
         from safetensors.torch import save_file
         save_file({k: v.contiguous() for k, v in kept.items()}, dst,
-                  metadata={'davpt_meta': json.dumps(out_meta)})
+                  metadata={SAFETENSORS_META_KEY: json.dumps(out_meta)})
     else:
         torch.save({'meta': out_meta, 'state_dict': kept}, dst)
     return dict(src=src, dst=dst, src_bytes=osp.getsize(src), dst_bytes=osp.getsize(dst),
@@ -232,17 +235,27 @@ def export_trainable(src: str, dst: str, config: Optional[str] = None) -> dict:
 
 
 def read_trainable_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """(state_dict, meta) of an exported file, ``.pth`` or ``.safetensors``, loaded safely."""
-    if path.endswith('.safetensors'):
-        import json
+    """(state_dict, meta) of an exported file, ``.pth`` or ``.safetensors``, loaded safely.
 
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-        with safe_open(path, framework='pt') as handle:
-            meta = json.loads((handle.metadata() or {}).get('davpt_meta', '{}'))
-        return load_file(path, device='cpu'), meta
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    return checkpoint['state_dict'], checkpoint.get('meta', {})
+    A truncated or corrupt file, or one that is not an export, is an error naming it.
+    """
+    what = 'trainable-only checkpoint'
+    if path.endswith('.safetensors'):
+        state_dict, meta = read_safetensors_file(path, what)
+    else:
+        checkpoint = read_torch_file(path, what)
+        if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'),
+                                                            dict)):
+            raise CheckpointFileError(
+                f'{what} {path!r} holds no state_dict: it is not a file written by '
+                'tools/export_trainable.py (expected {"meta": ..., "state_dict": ...})')
+        state_dict, meta = checkpoint['state_dict'], checkpoint.get('meta', {})
+    if meta.get('format') != FORMAT_TAG:
+        raise CheckpointFileError(
+            f'{what} {path!r} is not a trainable-only export: its meta has format='
+            f'{meta.get("format")!r}, not {FORMAT_TAG!r} (tools/export_trainable.py writes '
+            'it); a full training checkpoint loads with torch.load or tools/test.py')
+    return state_dict, meta
 
 
 # ------------------------------------------------------------------------ size estimate

@@ -74,6 +74,9 @@ def prompt_attention_maps(backbone, block_index: int, x: torch.Tensor, hw_shape:
     """CLS and prompt attention over the patches of block ``block_index`` for image 0 of the
     captured input ``x`` (patch grid ``hw_shape``); ``prompt_indices`` default: the guided
     prompts of a guided block, else all the block's prompts."""
+    if not backbone.with_cls_token:
+        raise ValueError('the backbone runs without a CLS token (with_cls_token=False or a '
+                         'trunk without one), so there is no CLS attention map to draw')
     prefix = backbone.num_prefix
     count = backbone.prompt_counts[block_index]
     if prompt_indices is None:

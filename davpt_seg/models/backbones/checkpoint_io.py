@@ -11,6 +11,8 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
+from ...utils.checkpoint_files import read_safetensors_file, read_torch_file
+
 # mmseg's VisionTransformer key → timm's VisionTransformer key; the inverse of mmseg's
 # tools/model_converters/vit2mmseg.py.
 _MMSEG_TO_TIMM_BLOCK = (
@@ -36,16 +38,10 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
             '(see README.md, "Pretrained weights") or set '
             'model.backbone.init_cfg.checkpoint to the right file.')
     if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        state = load_file(path, device='cpu')
+        state, _ = read_safetensors_file(path, 'pretrained checkpoint')
     else:
-        try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as error:  # unpickling refused: do not fall back to unsafe loading
-            raise RuntimeError(
-                f'could not read {path!r} as plain tensors ({error}). Pretrained weights are '
-                'loaded with torch.load(weights_only=True) for safety; re-save the file as a '
-                'plain state dict or as .safetensors.') from error
+        # Unpickling refused: never fall back to unsafe loading.
+        state = read_torch_file(path, 'pretrained checkpoint')
     for wrapper in ('state_dict', 'model', 'module'):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
@@ -75,8 +71,8 @@ def mmseg_to_timm(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
             key = key.replace('patch_embed.projection.', 'patch_embed.proj.')
         elif key.startswith('ln1.'):  # mmseg's final norm
             key = 'norm.' + key[len('ln1.'):]
-        elif key.startswith('pre_ln.'):
-            key = 'norm_pre.' + key[len('pre_ln.'):]
+        elif key.startswith('ln_pre.'):  # pre_norm=True: build_norm_layer(postfix='_pre')
+            key = 'norm_pre.' + key[len('ln_pre.'):]
         converted[key] = value
     weight = converted.get('patch_embed.proj.weight')
     if weight is not None and 'patch_embed.proj.bias' not in converted:

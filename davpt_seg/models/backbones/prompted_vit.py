@@ -2,8 +2,10 @@
 
 The trunk is any timm ``VisionTransformer`` built with ``pretrained=False`` and loaded from a
 local file, so supervised IN-21k, MAE, MoCo v3 or DINOv2 weights all work. Outputs are
-mmseg's: a tuple of NCHW patch-token maps at ``out_indices``, so every mmseg ViT head and neck
-(SETR-PUP, SETR-MLA + ``MLANeck``, SETR-Naive) runs unchanged.
+mmseg's ``VisionTransformer``'s: a tuple of NCHW patch-token maps at ``out_indices``, or of
+``[map, cls_token]`` pairs with ``output_cls_token`` (DPT), so every mmseg ViT head and neck
+(SETR-PUP/MLA/Naive, UperNet with or without ``MultiLevelNeck``, Segmenter, DPT) runs
+unchanged.
 """
 import math
 from dataclasses import dataclass
@@ -74,6 +76,16 @@ class KVBiasOffsetLinear(nn.Linear):
 
     The pretrained weight and bias stay frozen and untouched; the offset starts at zero, so
     the block computes exactly what the pretrained one did until training moves it.
+
+    Only the value half does anything in a standard ViT block. A key bias ``b`` adds
+    ``q . b`` to every logit of query ``q``'s row, and softmax is invariant to a per-row
+    shift: the block's output, and therefore every gradient reaching the key half, is zero
+    (up to rounding; ``tests/test_kv_bias_offset.py``). The key half only matters when
+    something non-linear acts on the keys between the bias and the logits, i.e. a trunk with
+    k-normalisation (timm's ``qk_norm=True``), or when a metric loss compares keys
+    themselves (``embedding_pairing='key-query'`` moves the guided prompts' keys without
+    changing the segmentation). It is kept, per the paper's DA-VPT+ (k and v biases), so
+    that the trainable-parameter count matches the paper and checkpoints keep one layout.
     """
 
     def __init__(self, qkv: nn.Linear):
@@ -153,7 +165,13 @@ class PromptedViT(BaseModule):
         num_guided_prompts: ``M``, the guided prompts of each guided block.
         num_extra_prompts: ``E``, unguided prompts after the guided ones in guided blocks.
         interpolate_mode: position-embedding resampling (mmseg SETR uses ``'bilinear'``).
-        final_norm: apply the trunk's final norm after the last block (mmseg's meaning).
+        final_norm: apply the trunk's final norm after the last block (mmseg's meaning: it
+            changes the last block's output map, and the CLS token it returns).
+        with_cls_token: ``False`` drops the CLS token (after its position embedding is
+            added) before the first block, as mmseg's ``VisionTransformer`` does (SETR-MLA's
+            config). The ``da-vpt`` modes need it: their CLS metric loss compares with it.
+        output_cls_token: each output becomes ``[map, cls_token]`` (mmseg's format; DPT's
+            head reads the CLS token from it). Needs ``with_cls_token``.
         drop_rate: dropout after adding the position embedding.
         drop_path_rate: stochastic depth of the trunk.
         with_cp: gradient checkpointing per block (saves memory, costs one extra forward).
@@ -173,6 +191,8 @@ class PromptedViT(BaseModule):
                  num_extra_prompts: int = 0,
                  interpolate_mode: str = 'bicubic',
                  final_norm: bool = False,
+                 with_cls_token: bool = True,
+                 output_cls_token: bool = False,
                  drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
                  with_cp: bool = False,
@@ -203,10 +223,14 @@ class PromptedViT(BaseModule):
         self.depth = len(trunk.blocks)
         self.embed_dim = trunk.embed_dim
         self.patch_size = trunk.patch_embed.patch_size
-        self.num_prefix = trunk.num_prefix_tokens
-        self.pos_prefix = 0 if trunk.no_embed_class else self.num_prefix
+        self.pos_prefix = 0 if trunk.no_embed_class else trunk.num_prefix_tokens
         self.pos_grid = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
+        self._set_cls_token(with_cls_token, output_cls_token, tuning_mode)
+        # Prefix tokens (CLS, registers) in the sequence the blocks see.
+        self.num_prefix = trunk.num_prefix_tokens - int(self.drop_cls_token)
 
+        if isinstance(out_indices, int):  # mmseg accepts one index; -1 is the last block
+            out_indices = (out_indices, )
         self.out_indices = tuple(self._block_index(i, 'out_indices') for i in out_indices)
         self.guided_blocks = tuple(sorted(
             self._block_index(i, 'guided_blocks') for i in guided_blocks)) \
@@ -230,6 +254,22 @@ class PromptedViT(BaseModule):
         self.register_load_state_dict_pre_hook(restore_frozen_trunk_pre_hook)
 
     # ----------------------------------------------------------------- construction helpers
+    def _set_cls_token(self, with_cls_token: bool, output_cls_token: bool, tuning_mode: str):
+        has_cls = self.trunk.cls_token is not None
+        if output_cls_token and not (with_cls_token and has_cls):
+            raise ValueError(
+                'output_cls_token=True returns the CLS token with every map, so it needs '
+                'with_cls_token=True and a trunk with a CLS token (mmseg asserts the same)')
+        if not with_cls_token and tuning_mode in GUIDED_MODES:
+            raise ValueError(
+                f'tuning_mode={tuning_mode!r} needs the CLS token: its CLS metric loss pulls '
+                'the guided prompts towards the CLS query. Set with_cls_token=True (for a '
+                'config that sets False, e.g. mmseg\'s SETR-MLA: the trunk was pretrained '
+                "with its CLS token, so keeping it is safe), or use tuning_mode='vpt-deep'")
+        self.with_cls_token = with_cls_token and has_cls
+        self.output_cls_token = output_cls_token
+        self.drop_cls_token = has_cls and not with_cls_token
+
     def _block_index(self, index: int, what: str) -> int:
         if not -self.depth <= index < self.depth:
             raise IndexError(f'{what} contains block {index}, but the trunk has {self.depth} '
@@ -343,8 +383,9 @@ class PromptedViT(BaseModule):
                                 self.interpolate_mode)
 
     # -------------------------------------------------------------------------- forward
-    def forward(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """mmseg's backbone contract: NCHW maps at ``out_indices``; no guidance work."""
+    def forward(self, inputs: torch.Tensor) -> Tuple[Union[torch.Tensor, list], ...]:
+        """mmseg's backbone contract: NCHW maps at ``out_indices`` (``[map, cls]`` pairs with
+        ``output_cls_token``); no guidance work."""
         outs, _ = self._forward(inputs, with_guidance=False, use_prompts=True)
         return outs
 
@@ -375,7 +416,10 @@ class PromptedViT(BaseModule):
             x = torch.cat(prefix + [x + pos_embed], dim=1)
         else:
             x = torch.cat(prefix + [x], dim=1) + pos_embed
-        return self.trunk.norm_pre(self.trunk.pos_drop(x)), hw_shape
+        x = self.trunk.pos_drop(x)
+        if self.drop_cls_token:  # mmseg: after the position embedding, before any norm
+            x = x[:, 1:]
+        return self.trunk.norm_pre(x), hw_shape
 
     def _forward(self, inputs: torch.Tensor, with_guidance: bool, use_prompts: bool):
         x, hw_shape = self._embed(inputs)
@@ -405,7 +449,8 @@ class PromptedViT(BaseModule):
             if index == self.depth - 1 and self.final_norm:
                 x = self.trunk.norm(x)
             if index in self.out_indices:
-                outs.append(self._to_map(x[:, prefix + tokens_of_prompts:], hw_shape))
+                out = self._to_map(x[:, prefix + tokens_of_prompts:], hw_shape)
+                outs.append([out, x[:, 0]] if self.output_cls_token else out)
 
         aux = None
         if with_guidance:
