@@ -249,3 +249,17 @@ def test_confirmation_runs_get_their_own_table(tmp_path, study):
     assert '| davpt |' in blocks['confirmation'] and '-0.50 ± 0.00' in blocks['confirmation']
     assert '**45.50 ± 0.71**' in blocks['confirmation']
     assert '-1.00' in blocks['main'] and '45.50' not in blocks['main']
+
+
+def test_curves_keep_one_colour_per_variant_in_every_panel(tmp_path, study):
+    def record(variant, metric):
+        curves = {'iter': [10, 20], 'decode.loss_ce': [2., 1.]}
+        if metric:
+            curves.update(loss_prompt_token=[.5, .4], loss_prompt_cls=[.9, .8])
+        return dict(variant=variant, seed=0, mIoU=40., curves=curves)
+    runs = study_report.by_variant([record('vpt-deep', False), record('davpt', True)])
+    drawn = study_report.plot_curves(runs, study.VARIANTS, ['vpt-deep', 'davpt'],
+                                     str(tmp_path / 'curves.png'))
+    assert set(drawn[0]) == {'vpt-deep', 'davpt'} and set(drawn[1]) == {'davpt'}
+    assert drawn[0]['davpt'] == drawn[1]['davpt'] == drawn[2]['davpt'] != drawn[0]['vpt-deep']
+    assert os.path.getsize(tmp_path / 'curves.png') > 0

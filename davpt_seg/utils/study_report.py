@@ -185,21 +185,24 @@ def _mean_curve(records: List[dict], key: str):
     return iters, _smooth(mean)
 
 
-def plot_curves(runs, variants, names: Sequence[str], path: str) -> None:
+def plot_curves(runs, variants, names: Sequence[str], path: str) -> List[Dict[str, str]]:
+    """Saves the curves; returns each panel's {variant: colour}."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     keys = (('decode.loss_ce', 'segmentation loss (decode head)'),
             ('loss_prompt_token', 'weighted token metric loss'),
             ('loss_prompt_cls', 'weighted CLS metric loss'))
+    shown = [v.name for v in variants if v.name in runs and v.name in names]
+    # One colour per variant in every panel: the metric-loss panels lack the variants
+    # without metric losses, and matplotlib's per-axes colour cycle would shift.
+    colors = {name: f'C{index % 10}' for index, name in enumerate(shown)}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (key, title) in zip(axes, keys):
-        for variant in variants:
-            if variant.name not in runs or variant.name not in names:
-                continue
-            iters, curve = _mean_curve(list(runs[variant.name].values()), key)
+        for name in shown:
+            iters, curve = _mean_curve(list(runs[name].values()), key)
             if iters is not None:
-                ax.plot(iters, curve, label=variant.name, lw=1.2)
+                ax.plot(iters, curve, label=name, lw=1.2, color=colors[name])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel('iteration')
         ax.grid(alpha=0.3)
@@ -207,7 +210,9 @@ def plot_curves(runs, variants, names: Sequence[str], path: str) -> None:
     fig.suptitle('training curves (mean over seeds, 5-point moving average)', fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    drawn = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in axes]
     plt.close(fig)
+    return drawn
 
 
 # ------------------------------------------------------------------------------ report
