@@ -118,6 +118,11 @@ def finish_distributed() -> None:
     meet at a barrier, the group is destroyed, its last references are released and
     collected on this thread (which joins gloo's threads), and any gloo thread that still
     runs is reported. Call it once the runner is out of scope.
+
+    Upstream: pytorch/pytorch#190489 (a gloo run that exits without tearing its group down
+    dies with this message) and the abandoned pytorch/pytorch#179291 (an ``atexit``
+    ``destroy_process_group``, which would not help here: the group outlives that call while
+    references to it remain).
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
