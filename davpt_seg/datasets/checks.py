@@ -22,7 +22,7 @@ from PIL import Image
 DOCS = 'docs/datasets.md'
 # What the tools' --data-check reads: label values of a sample of files, of all, or nothing.
 DATA_CHECK_MODES = ('sample', 'full', 'off')
-DEFAULT_LABEL_SAMPLES = 100  # per split: ~0.3 s of PNG decoding at ADE20K's size (docs/datasets.md)
+DEFAULT_LABEL_SAMPLES = 100  # per split: ~0.3 s of PNG decoding at ADE20K's size
 PASCAL_CONTEXT_MAX_LABEL = 59  # converted labels: 0 (background) and the 59 classes
 
 PREPARE = {
