@@ -1,7 +1,8 @@
 # The real-data study (docs/results/camvid.md): a frozen DINOv2 ViT-S/14 with deep prompts
 # under a SETR-PUP head sized for ViT-S, CamVid 11 classes, 300 iterations of 8 crops of
-# 224 (CPU-sized: the study's protocol; `tools/study.py run --iters N` scales it). This file is DA-VPT with the paper's settings; the other tuning modes
-# (linear, bias, vpt-deep, da-vpt+, full) inherit it and change what differs.
+# 224 (CPU-sized: the study's protocol; `tools/study.py run --iters N` scales it). This
+# file is DA-VPT with the paper's settings; the other tuning modes (linear, bias, vpt-deep,
+# da-vpt+, full) inherit it and change what differs.
 #
 # Run (tools/study.py runs every variant and seed this way):
 #   python tools/train.py configs/camvid/setr_pup_dinov2-s14_davpt_camvid.py \
