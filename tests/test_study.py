@@ -184,6 +184,31 @@ def test_a_tiny_study_runs_skips_and_reports(study, tmp_path, tiny_camvid, monke
     assert osp.isfile(osp.join(results, 'plots', 'curves.png'))
 
 
+def test_curves_come_from_the_attempt_that_wrote_the_checkpoint(study, tmp_path):
+    """An interrupted run started again leaves an older timestamped folder with a partial
+    training log, and tools/test.py adds a newer one without training: the record must
+    describe the newest attempt that trained, not the first folder found."""
+    def attempt(stamp, iters, mapping_sizes, train=True):
+        folder = tmp_path / stamp
+        (folder / 'vis_data').mkdir(parents=True)
+        lines = ['trainable parameters: 1,234 of 9,999']
+        if train:
+            lines += [f'SemanticMappingHook: initial mapping: cluster sizes {mapping_sizes}']
+            lines += [f'Iter(train) [{i}/300]  loss: 1.0' for i in iters]
+            with open(folder / 'vis_data' / 'scalars.json', 'w') as f:
+                for i in iters:
+                    f.write(json.dumps({'loss': 1.0 / i, 'decode.loss_ce': 0.5, 'iter': i}) + '\n')
+                f.write(json.dumps({'mIoU': 40.0, 'step': iters[-1]}) + '\n')
+        (folder / f'{stamp}.log').write_text('\n'.join(lines) + '\n')
+
+    attempt('20261130_090000', [10, 20], '[3, 2]')            # interrupted at iteration 20
+    attempt('20261130_093000', [10, 20, 30], '[4, 1]')        # wrote the checkpoint
+    attempt('20261130_100000', [], None, train=False)         # tools/test.py
+    curves, mapping, trainable = study.parse_train_log(str(tmp_path))
+    assert curves['iter'] == [10, 20, 30] and curves['loss'][-1] == pytest.approx(1 / 30, abs=1e-5)
+    assert mapping == ['initial mapping: [4, 1]'] and trainable == 1234
+
+
 # ------------------------------------------------------------------------------ report
 def fake_record(variant, seed, miou, group='main'):
     return dict(variant=variant, seed=seed, mIoU=miou, group=group, aAcc=90., iterations=600,

@@ -258,11 +258,16 @@ CURVE_KEYS = ('loss', 'decode.loss_ce', 'loss_prompt_token', 'loss_prompt_cls', 
 
 
 def parse_train_log(work_dir: str):
-    """Training curves (mmengine's scalars.json), mapping updates and the trainable count."""
+    """Training curves (mmengine's scalars.json), mapping updates and the trainable count,
+    all read from the training attempt that wrote the checkpoint (see `_training_attempt`)."""
     curves: Dict[str, list] = {'iter': []}
-    scalars = sorted(_find(work_dir, 'scalars.json'))
-    if scalars:
-        with open(scalars[0]) as f:
+    mapping, trainable = [], None
+    attempt = _training_attempt(work_dir)
+    if attempt is None:
+        return curves, mapping, trainable
+    log, scalars = attempt
+    if osp.isfile(scalars):
+        with open(scalars) as f:
             for line in f:
                 entry = json.loads(line)
                 if 'loss' not in entry:
@@ -271,31 +276,34 @@ def parse_train_log(work_dir: str):
                 for key in CURVE_KEYS:
                     if key in entry:
                         curves.setdefault(key, []).append(round(float(entry[key]), 5))
-    mapping, trainable = [], None
-    for log in sorted(_find(work_dir, '.log', suffix=True)):
-        if osp.basename(log) == 'study.log':
-            continue
-        with open(log, errors='replace') as f:
-            for line in f:
-                match = re.search(r'SemanticMappingHook: (initial mapping|update at iteration '
-                                  r'\d+): .*?cluster sizes (\[[\d, ]*\])', line)
-                if match:
-                    mapping.append(f'{match.group(1)}: {match.group(2)}')
-                match = re.search(r'trainable parameters: ([\d,]+) of', line)
-                if match and trainable is None:
-                    trainable = int(match.group(1).replace(',', ''))
-        if trainable is not None:
-            break  # the training log (the test log repeats the count)
+    with open(log, errors='replace') as f:
+        for line in f:
+            match = re.search(r'SemanticMappingHook: (initial mapping|update at iteration '
+                              r'\d+): .*?cluster sizes (\[[\d, ]*\])', line)
+            if match:
+                mapping.append(f'{match.group(1)}: {match.group(2)}')
+            match = re.search(r'trainable parameters: ([\d,]+) of', line)
+            if match and trainable is None:
+                trainable = int(match.group(1).replace(',', ''))
     return curves, mapping, trainable
 
 
-def _find(root: str, name: str, suffix: bool = False) -> List[str]:
-    found = []
-    for folder, _, files in os.walk(root):
-        for file in files:
-            if (file.endswith(name) if suffix else file == name):
-                found.append(osp.join(folder, file))
-    return found
+def _training_attempt(work_dir: str) -> Optional[tuple]:
+    """(log, scalars.json) of the newest training run in `work_dir`, or None.
+
+    mmengine gives every start its own timestamped folder. A run that was interrupted and
+    started again (or `tools/test.py`, which logs no training iteration) leaves more than
+    one; the checkpoint comes from the newest one that trained, so the curves must too."""
+    runs = sorted((d for d in os.listdir(work_dir) if re.fullmatch(r'\d{8}_\d{6}', d)),
+                  reverse=True)
+    for run in runs:
+        log = osp.join(work_dir, run, f'{run}.log')
+        if not osp.isfile(log):
+            continue
+        with open(log, errors='replace') as f:
+            if any('Iter(train)' in line for line in f):
+                return log, osp.join(work_dir, run, 'vis_data', 'scalars.json')
+    return None
 
 
 def config_diff(variant: Variant) -> Dict[str, list]:
