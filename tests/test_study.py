@@ -228,6 +228,17 @@ def test_paired_differences_and_spread():
     assert study_report.fmt(42., 2.) == '42.00 ± 2.00'
 
 
+def test_training_table_shows_where_the_losses_start_and_end(study):
+    guided = fake_record('davpt', 0, 39.)
+    guided['curves'].update(loss_prompt_token=[.5] + [.4] * 6 + [.1] * 5,
+                            loss_prompt_cls=[.9] * 12)
+    table = study_report.training_table(
+        study_report.by_variant([guided, fake_record('vpt-deep', 0, 40.)]), study.VARIANTS)
+    # the first logged value, then the mean of the last 5 logs (50 iterations)
+    assert '| davpt | 1 | 0.750 | 0.500 → 0.100 | 0.900 → 0.900 | 39.00 |' in table
+    assert '| vpt-deep | 1 | 0.750 | – | – | 40.00 |' in table
+
+
 def test_report_blocks_are_replaced_not_duplicated(tmp_path, study):
     records = [fake_record('vpt-deep', s, 40. + s) for s in range(3)] + \
         [fake_record('davpt', s, 39. + s) for s in range(3)] + \
@@ -243,6 +254,8 @@ def test_report_blocks_are_replaced_not_duplicated(tmp_path, study):
     assert '| metric gradient | detach-data |' in blocks['ablation']
     assert '+2.00 ± 0.00' in blocks['ablation']  # detach-data vs davpt, paired
     assert '| sky | 42.0 ± 1.0 | 41.0 ± 1.0 |' in blocks['per-class']
+    # fake_record's CE curve ends at 0.5 and has no metric losses
+    assert '| detach-data | 2 | 0.750 ± 0.000 | – | – | 41.50 ± 0.71 |' in blocks['training']
 
 
 def test_analyze_guidance_tool_on_a_tiny_config(study, tmp_path, tiny_camvid, capsys):

@@ -11,7 +11,9 @@ import re
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
-BLOCKS = ('main', 'ablation', 'confirmation', 'per-class', 'plots', 'runs')
+BLOCKS = ('main', 'ablation', 'training', 'confirmation', 'per-class', 'plots', 'runs')
+# The end of a training curve: mean of the last logged values (5 logs = 50 iterations).
+CURVE_TAIL = 5
 
 
 def mean_std(values: Sequence[float]):
@@ -107,6 +109,46 @@ def ablation_table(runs, variants, reference: str, baseline: str) -> str:
             'baseline' if variant.name == baseline else variant.group
         lines.append(f'| {group} | {variant.name} | {variant.description} | {len(values)} | '
                      f'{fmt(*mean_std(values))} | {to_ref} | {to_base} |')
+    return '\n'.join(lines)
+
+
+def _curve_end(record: dict, key: str) -> float:
+    values = record.get('curves', {}).get(key) or []
+    tail = values[-CURVE_TAIL:]
+    return sum(tail) / len(tail) if tail else math.nan
+
+
+def _curve_start(record: dict, key: str) -> float:
+    values = record.get('curves', {}).get(key) or []
+    return values[0] if values else math.nan
+
+
+def training_table(runs, variants) -> str:
+    """How each variant trained: the segmentation loss it reached on the training crops, and
+    where its metric losses started and ended (as logged, i.e. weighted by beta / gamma).
+
+    Tells apart a metric loss that competes with segmentation (higher final CE) from one
+    that cannot be lowered at all (start ≈ end), which mIoU alone cannot."""
+    lines = ['| variant | seeds | train CE, last 50 its | loss_prompt_token, first → last 50 | '
+             'loss_prompt_cls, first → last 50 | val mIoU |',
+             '|---|---|---|---|---|---|']
+
+    def start_end(records, key):
+        if not any(key in r.get('curves', {}) for r in records):
+            return '–'
+        start = mean_std([_curve_start(r, key) for r in records])[0]
+        end = mean_std([_curve_end(r, key) for r in records])[0]
+        return f'{start:.3f} → {end:.3f}'
+
+    for variant in variants:
+        if variant.name not in runs:
+            continue
+        records = [runs[variant.name][s] for s in sorted(runs[variant.name])]
+        ce = mean_std([_curve_end(r, 'decode.loss_ce') for r in records])
+        lines.append(f'| {variant.name} | {len(records)} | {fmt(*ce, digits=3)} | '
+                     f'{start_end(records, "loss_prompt_token")} | '
+                     f'{start_end(records, "loss_prompt_cls")} | '
+                     f'{fmt(*mean_std([r["mIoU"] for r in records]))} |')
     return '\n'.join(lines)
 
 
@@ -247,6 +289,7 @@ def render_report(records: List[dict], variants, report_path: str, plot_dir: str
     blocks = {
         'main': main_table(runs, variants, baseline),
         'ablation': ablation_table(runs, variants, reference, baseline),
+        'training': training_table(runs, variants),
         'confirmation': main_table(confirmation, variants, baseline, names=list(confirmation))
         if confirmation else '(no runs yet)',
         'per-class': per_class_table(runs, variants, main_names),
