@@ -34,7 +34,7 @@ REPORT = 'docs/results/camvid.md'
 WORK_ROOT = 'work_dirs/study/camvid'
 NO_VALIDATION = 10**9  # an interval no run reaches
 # Runs of the longer (600-iteration) schedule that confirm the main comparison live in this
-# sub-folder of the results: `run --iters 600 --results-dir docs/results/camvid/confirm600`.
+# sub-folder of the results: `--results-dir docs/results/camvid/confirm600 run --iters 600`.
 CONFIRMATION_DIR = 'confirm600'
 
 
