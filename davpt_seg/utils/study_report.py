@@ -12,7 +12,8 @@ from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
 BLOCKS = ('main', 'ablation', 'training', 'confirmation', 'per-class', 'plots', 'runs')
-# The end of a training curve: mean of the last logged values (5 logs = 50 iterations).
+# Curves are smoothed over this many logs (5 logs = 50 iterations): the plots' moving mean
+# and the training table's "last 50 iterations" use the same window, so they agree.
 CURVE_TAIL = 5
 
 
@@ -208,7 +209,7 @@ def plot_miou(runs, variants, baseline: str, path: str) -> None:
     plt.close(fig)
 
 
-def _smooth(values: List[float], window: int = 5) -> List[float]:
+def _smooth(values: List[float], window: int = CURVE_TAIL) -> List[float]:
     out = []
     for i in range(len(values)):
         chunk = values[max(0, i - window + 1):i + 1]
