@@ -10,7 +10,9 @@ setup(
     install_requires=[
         'torch>=2.1',
         'torchvision>=0.16',
-        'timm>=1.0.3',
+        # 1.0.23 is the first timm whose VisionTransformer takes attn_layer (our
+        # GuidedAttention goes in through it); tested up to 1.0.31.
+        'timm>=1.0.23,<1.1',
         'mmengine>=0.10.4,<1.0',
         # mmsegmentation 1.2.2 asserts this range at import time.
         'mmcv>=2.0.0rc4,<2.2.0',
@@ -23,11 +25,11 @@ setup(
         'setuptools<82',
     ],
     extras_require={
-        'test': ['pytest>=7', 'pytorch-metric-learning>=2.3'],
-        # tools/export_onnx.py and `tools/infer.py --backend onnxruntime`. torch >= 2.9
-        # exports through torch.export, whose ONNX translation is onnxscript's (0.x: its
-        # API moves between minor versions). Tested: onnx 1.23.2, onnxruntime 1.32.0,
-        # onnxscript 0.7.2 with torch 2.14.1 on Python 3.11.
+        'test': ['pytest>=7', 'pytorch-metric-learning>=2.3', 'ruff>=0.6'],
+        # tools/deployment/export_onnx.py and `tools/deployment/infer.py --backend
+        # onnxruntime`. torch >= 2.9 exports through torch.export, whose ONNX translation is
+        # onnxscript's (0.x: its API moves between minor versions). Tested: onnx 1.23.2,
+        # onnxruntime 1.32.0, onnxscript 0.7.2 with torch 2.14.1 on Python 3.11.
         'onnx': ['onnx>=1.23.2,<2', 'onnxruntime>=1.32,<2', 'onnxscript>=0.7.2,<0.8'],
     },
 )

@@ -1,15 +1,15 @@
-# The CPU demo behind `make demo` (tools/demo.py): the real DA-VPT ADE20K config, shrunk to
+# The CPU demo behind `make demo` (tools/misc/demo.py): the real DA-VPT ADE20K config, shrunk to
 # a tiny randomly initialised ViT (no pretrained weights can be downloaded here) on a
-# synthetic dataset in ADE20K's layout (davpt_seg.datasets.make_ade_like_dataset).
-# Everything else is the real path: PromptedViT in da-vpt mode with a guided block,
-# DAVPTEncoderDecoder with both metric losses, the SemanticMappingHook, AdamW + cosine,
+# synthetic dataset in ADE20K's layout (harness.synthetic.make_ade_like_dataset).
+# Everything else is the real path: PromptedViT with a guided block,
+# DAVPTEncoderDecoder with both metric losses, the ClassPromptMappingHook, AdamW + cosine,
 # reduce_zero_label, single-scale and --tta multi-scale testing. Not a benchmark.
 _base_ = ['./setr_pup_davpt_ade20k.py']
 
-data_root = 'work_dirs/demo/data'  # tools/demo.py writes the data here (or --work-dir/data)
+data_root = 'work_dirs/demo/data'  # tools/misc/demo.py writes the data here (or --work-dir/data)
 num_classes = 6  # labels 1..6 in the PNGs; 0 = "other", ignored (reduce_zero_label)
 crop_size = (64, 64)
-max_iters = 600  # tools/demo.py --iters overrides it
+max_iters = 600  # tools/misc/demo.py --iters overrides it
 embed_dim = 64
 
 data_preprocessor = dict(size=crop_size)

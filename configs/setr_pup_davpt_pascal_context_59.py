@@ -2,7 +2,8 @@
 # PascalContextDataset59: background becomes ignore_index via reduce_zero_label), 480x480,
 # 80k iterations. An option: the paper reports the 60-class protocol only (table 2:
 # 50.15 / 51.04 for 60 classes), so there is no published target for this one.
-# DA-VPT+ and VPT-Deep: setr_pup_davpt_plus_pascal_context_59.py, setr_pup_vpt_pascal_context_59.py.
+# DA-VPT+ and VPT-Deep: setr_pup_davpt_plus_pascal_context_59.py,
+# setr_pup_vpt_pascal_context_59.py.
 _base_ = ['./setr_pup_davpt_pascal_context.py']
 num_classes = 59
 model = dict(

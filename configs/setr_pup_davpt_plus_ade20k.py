@@ -3,4 +3,4 @@
 # Target (DA-VPT paper, table 2): mIoU 46.47 single-scale / 47.21 multi-scale, 13.7M
 # trainable parameters.
 _base_ = ['./setr_pup_davpt_ade20k.py']
-model = dict(backbone=dict(tuning_mode='da-vpt+'))
+model = dict(backbone=dict(kv_bias_offset=True))

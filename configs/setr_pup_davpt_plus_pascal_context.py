@@ -2,4 +2,4 @@
 # 480x480, 80k iterations, 16 images per iteration.
 # Target (DA-VPT paper, table 2): mIoU 50.40 single-scale / 51.28 multi-scale.
 _base_ = ['./setr_pup_davpt_pascal_context.py']
-model = dict(backbone=dict(tuning_mode='da-vpt+'))
+model = dict(backbone=dict(kv_bias_offset=True))

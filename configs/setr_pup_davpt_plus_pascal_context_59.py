@@ -2,4 +2,4 @@
 # iterations. No published target: the paper's table 2 reports the 60-class protocol
 # (DA-VPT+ 50.40 / 51.28, setr_pup_davpt_plus_pascal_context.py).
 _base_ = ['./setr_pup_davpt_pascal_context_59.py']
-model = dict(backbone=dict(tuning_mode='da-vpt+'))
+model = dict(backbone=dict(kv_bias_offset=True))

@@ -3,5 +3,6 @@
 # Target (DA-VPT paper, table 2): mIoU 44.08 single-scale / 46.01 multi-scale, 13.6M
 # trainable parameters.
 _base_ = ['./setr_pup_davpt_ade20k.py']
-model = dict(backbone=dict(tuning_mode='vpt-deep'), token_loss_weight=0., cls_loss_weight=0.)
+model = dict(
+    backbone=dict(guided_blocks=()), loss_prompt_token=None, loss_prompt_cls=None)
 custom_hooks = []  # no guided prompts, so no class mapping to cluster

@@ -2,5 +2,6 @@
 # PASCAL Context-60, 480x480, 80k iterations, 16 images per iteration.
 # Target (DA-VPT paper, table 2): mIoU 49.51 single-scale / 50.46 multi-scale.
 _base_ = ['./setr_pup_davpt_pascal_context.py']
-model = dict(backbone=dict(tuning_mode='vpt-deep'), token_loss_weight=0., cls_loss_weight=0.)
+model = dict(
+    backbone=dict(guided_blocks=()), loss_prompt_token=None, loss_prompt_cls=None)
 custom_hooks = []  # no guided prompts, so no class mapping to cluster

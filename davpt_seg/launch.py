@@ -5,7 +5,7 @@ pins ``device_ids`` to the local rank, so ``tools/dist_train.sh CONFIG 2`` dies 
 machine. Here the tools start the gloo process group themselves (mmengine then uses it as
 it is), wrap the model without device ids, and turn SyncBN into BN (SyncBN has no CPU
 kernel; each process then normalises over its own batch). BN running statistics are then
-per process (buffers are not broadcast: the SemanticMappingHook needs each process's own
+per process (buffers are not broadcast: the ClassPromptMappingHook needs each process's own
 class statistics), so the validation at the end of a multi-process run can differ slightly
 from testing the saved rank-0 checkpoint. On GPUs none of this applies.
 """
@@ -26,7 +26,7 @@ from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_availa
 from mmengine.logging import print_log
 
 from .datasets.checks import DATA_CHECK_MODES, DEFAULT_LABEL_SAMPLES
-from .utils.checkpoint_files import CheckpointFileError, check_file
+from .checkpoint.files import CheckpointFileError, check_file
 
 
 def has_accelerator() -> bool:

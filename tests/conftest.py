@@ -1,47 +1,13 @@
-"""Shared builders for tiny versions of the real modules (few blocks, small width, 32 px)."""
-import copy
-
+"""Fixtures shared by every test; the builders are in tests/helpers."""
 import pytest
 import torch
-from mmengine.config import ConfigDict
-
 from mmseg.utils import register_all_modules
 
 import davpt_seg  # noqa: F401  (registers the project's modules)
+from tests.helpers import NUM_CLASSES
 
 # Tests build configs the way tools/train.py does: inside mmseg's default scope.
 register_all_modules(init_default_scope=True)
-
-TINY_TIMM = dict(patch_size=8, embed_dim=32, depth=4, num_heads=2)
-NUM_CLASSES = 6
-
-
-def tiny_backbone(**overrides) -> dict:
-    cfg = dict(type='PromptedViT', arch='vit_base_patch16_224', img_size=32,
-               timm_kwargs=dict(TINY_TIMM), out_indices=(1, 2, 3), tuning_mode='da-vpt',
-               num_prompts=3, guided_blocks=(2, ), num_guided_prompts=3, num_extra_prompts=1)
-    cfg.update(overrides)
-    return cfg
-
-
-def tiny_segmentor(backbone: dict = None, **overrides) -> dict:
-    norm_cfg = dict(type='BN', requires_grad=True)
-    head = dict(type='SETRUPHead', in_channels=32, channels=16, num_classes=NUM_CLASSES,
-                dropout_ratio=0, norm_cfg=norm_cfg, num_convs=2, up_scale=2, kernel_size=3,
-                align_corners=False, loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0))
-    aux = copy.deepcopy(head)
-    aux.update(in_index=0, num_convs=1, up_scale=4,
-               loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4))
-    head.update(in_index=-1)
-    cfg = dict(
-        type='DAVPTEncoderDecoder',
-        data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
-                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
-                               seg_pad_val=255, size=(32, 32)),
-        backbone=backbone or tiny_backbone(), decode_head=head, auxiliary_head=[aux],
-        train_cfg=ConfigDict(), test_cfg=ConfigDict(mode='whole'))
-    cfg.update(overrides)
-    return cfg
 
 
 @pytest.fixture(autouse=True)
@@ -49,75 +15,9 @@ def _seed():
     torch.manual_seed(0)
 
 
-def make_data_samples(labels: torch.Tensor):
-    """SegDataSamples holding (B, H, W) label maps."""
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    samples = []
-    for label in labels:
-        sample = SegDataSample()
-        sample.gt_sem_seg = PixelData(data=label[None].long())
-        sample.set_metainfo(dict(img_shape=tuple(label.shape), ori_shape=tuple(label.shape),
-                                 pad_shape=tuple(label.shape)))
-        samples.append(sample)
-    return samples
-
-
-def tiny_train_cfg(work_dir: str, data_root: str, max_iters: int = 2, model: dict = None,
-                   batch_size: int = 2) -> dict:
-    """A complete mmengine Runner config over a synthetic ADE20K-layout dataset."""
-    from davpt_seg.datasets import ade_class_names
-    pipeline = [
-        dict(type='LoadImageFromFile'),
-        dict(type='LoadAnnotations', reduce_zero_label=True),
-        dict(type='RandomCrop', crop_size=(32, 32), cat_max_ratio=0.9),
-        dict(type='RandomFlip', prob=0.5),
-        dict(type='PackSegInputs'),
-    ]
-    test_pipeline = [
-        dict(type='LoadImageFromFile'),
-        dict(type='LoadAnnotations', reduce_zero_label=True),
-        dict(type='PackSegInputs'),
-    ]
-    dataset = dict(type='ADE20KDataset', data_root=data_root,
-                   metainfo=dict(classes=ade_class_names(NUM_CLASSES)))
-    return dict(
-        default_scope='mmseg',
-        work_dir=work_dir,
-        custom_imports=dict(imports=['davpt_seg'], allow_failed_imports=False),
-        model=model or tiny_segmentor(),
-        train_dataloader=dict(
-            batch_size=batch_size, num_workers=0,
-            sampler=dict(type='InfiniteSampler', shuffle=True),
-            dataset=dict(dataset, data_prefix=dict(img_path='images/training',
-                                                   seg_map_path='annotations/training'),
-                         pipeline=pipeline)),
-        val_dataloader=dict(
-            batch_size=1, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
-            dataset=dict(dataset, data_prefix=dict(img_path='images/validation',
-                                                   seg_map_path='annotations/validation'),
-                         pipeline=test_pipeline)),
-        val_evaluator=dict(type='IoUMetric', iou_metrics=['mIoU']),
-        train_cfg=dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=10**9),
-        val_cfg=dict(type='ValLoop'),
-        optim_wrapper=dict(type='OptimWrapper',
-                           optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.)),
-        default_hooks=dict(
-            timer=dict(type='IterTimerHook'),
-            logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=False),
-            param_scheduler=dict(type='ParamSchedulerHook'),
-            checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters),
-            sampler_seed=dict(type='DistSamplerSeedHook')),
-        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo')),
-        log_processor=dict(by_epoch=False),
-        log_level='INFO',
-        randomness=dict(seed=0),
-    )
-
-
 @pytest.fixture(scope='session')
 def synthetic_ade(tmp_path_factory):
-    from davpt_seg.datasets import make_ade_like_dataset
+    from harness.synthetic import make_ade_like_dataset
     root = tmp_path_factory.mktemp('ade')
     return make_ade_like_dataset(str(root), num_train=8, num_val=4, size=48,
                                  num_classes=NUM_CLASSES)

@@ -8,11 +8,16 @@ import json
 import os.path as osp
 import sys
 
-from mmengine.dist import is_main_process
-from mmengine.logging import print_log
-from mmengine.runner import Runner
-
+# Run from a checkout without installing: make the repository importable.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from harness.entry import quiet_third_party_warnings  # noqa: E402
+
+quiet_third_party_warnings()
+
+from mmengine.dist import is_main_process  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
 import davpt_seg  # noqa: E402,F401  (registers modules, safe checkpoint loading)
 from davpt_seg.datasets import check_data_cfg  # noqa: E402
 from davpt_seg.launch import (add_common_arguments, check_checkpoint_file,  # noqa: E402

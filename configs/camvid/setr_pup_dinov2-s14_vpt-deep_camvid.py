@@ -1,4 +1,7 @@
 # VPT-Deep from the same code: 10 prompts in every block, no guided block, no metric losses.
 _base_ = ['./setr_pup_dinov2-s14_davpt_camvid.py']
-model = dict(backbone=dict(tuning_mode='vpt-deep'), token_loss_weight=0., cls_loss_weight=0.)
+model = dict(
+    backbone=dict(guided_blocks=(), num_guided_prompts=None, num_extra_prompts=None),
+    loss_prompt_token=None,
+    loss_prompt_cls=None)
 custom_hooks = []

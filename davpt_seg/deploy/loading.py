@@ -1,8 +1,9 @@
 """From a config and a checkpoint to a model ready for inference, and its image pipeline.
 
-Shared by ``tools/infer.py``, ``tools/export_onnx.py`` and the prompt-attention visualiser,
-so that every tool builds the model, loads full or trainable-only checkpoints, names the
-classes and prepares images the same way (the way ``tools/test.py`` does).
+Shared by ``tools/deployment/infer.py``, ``tools/deployment/export_onnx.py`` and the
+prompt-attention visualiser, so that every tool builds the model, loads full or
+trainable-only checkpoints, names the classes and prepares images the same way (the way
+``tools/test.py`` does).
 """
 import copy
 import os.path as osp
@@ -38,14 +39,14 @@ def load_segmentor(cfg, checkpoint: str, device: str = 'cpu'):
     """The segmentor of ``cfg`` with ``checkpoint`` loaded, in eval mode on ``device``.
 
     ``checkpoint`` is a full training checkpoint or a trainable-only export
-    (``tools/export_trainable.py``): loading an export refills the frozen trunk from
+    (``tools/misc/export_trainable.py``): loading an export refills the frozen trunk from
     ``model.backbone.init_cfg``'s pretrained file (PromptedViT's load hook). Returns
     ``(model, checkpoint_meta)``; ``model.dataset_meta`` holds the classes and palette.
     """
     import torch
     from mmengine.runner import load_checkpoint
 
-    from ..utils.trainable_checkpoint import build_model_from_checkpoint_cfg
+    from ..checkpoint.trainable import build_model_from_checkpoint_cfg
     if not osp.isfile(checkpoint):
         raise InputError(f'checkpoint {checkpoint!r} does not exist')
     model = build_model_from_checkpoint_cfg(cfg)

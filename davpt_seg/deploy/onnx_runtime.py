@@ -46,7 +46,7 @@ def create_session(path: str, device: str = 'cpu', threads: int = 0):
     except Exception as error:  # onnxruntime raises its own types for corrupt files
         raise InputError(f'{path!r} is not a loadable ONNX model ({type(error).__name__}: '
                          f'{str(error).strip()[:300]}); export it again with '
-                         'tools/export_onnx.py') from error
+                         'tools/deployment/export_onnx.py') from error
 
 
 def read_metadata(session) -> dict:

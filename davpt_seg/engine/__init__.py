@@ -1,3 +1,3 @@
-from .hooks import SemanticMappingHook
+from .hooks import ClassPromptMappingHook
 
-__all__ = ['SemanticMappingHook']
+__all__ = ['ClassPromptMappingHook']

@@ -1,5 +1,5 @@
 from .backbones import PromptedViT
-from .class_mapping import ClassPromptMapping
+from .class_prompt_mapping import ClassPromptMapping
 from .losses import ProxyAnchorLoss
 from .segmentors import DAVPTEncoderDecoder
 

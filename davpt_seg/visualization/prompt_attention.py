@@ -3,8 +3,9 @@
 The model never materialises attention maps (its blocks run SDPA). This module captures a
 block's *input* with a forward pre-hook during an ordinary forward and recomputes, outside
 the model, the attention rows of the tokens of interest (CLS and the prompts) from that
-input with the block's own LayerNorm, qkv projection (k/v bias offsets included) and
-q/k norms — the very logits SDPA softmaxes. Training and inference pay nothing for it.
+input with the block's own LayerNorm and its attention's ``heads`` (qkv projection, k/v
+bias offsets and q/k norms included): the very logits SDPA softmaxes. Training and inference
+pay nothing for it.
 """
 import math
 from contextlib import contextmanager
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.backbones.prompted_vit import block_qkv
 
 SOFTMAX_OVER = ('all', 'patches')
 
@@ -60,7 +60,7 @@ def attention_rows(block, x: torch.Tensor, rows: Sequence[int],
     """
     if softmax_over not in SOFTMAX_OVER:
         raise ValueError(f'softmax_over={softmax_over!r} is not one of {SOFTMAX_OVER}')
-    q, k, _ = block_qkv(block, x)
+    q, k, _ = block.attn.heads(block.norm1(x))
     logits = (q[:, :, list(rows)] * block.attn.scale) @ k.transpose(-2, -1)
     if softmax_over == 'all':
         return logits.float().softmax(-1)[..., key_start:]

@@ -38,12 +38,10 @@ model = dict(
         # appendix A.2 lists "9, 12, 18, 24"; we keep mmseg's so that the head, the aux
         # heads and the full fine-tuning anchor (mmseg zoo) stay comparable.
         out_indices=(9, 14, 19, 23),
-        tuning_mode='da-vpt',
-        # Official release, segmentation: 20 prompts per block, block 11 guided with 10.
+        # Official release, segmentation: 20 prompts per block, block 11 guided by
+        # num_guided_prompts=10 (the default) prompts; the trunk frozen (frozen_exclude=()).
         num_prompts=20,
         guided_blocks=(11, ),
-        num_guided_prompts=10,
-        num_extra_prompts=0,
         interpolate_mode='bilinear',
         drop_rate=0.,
         # ImageNet-21k ViT-L/16 in timm or mmseg format (tools/model_converters/vit2mmseg.py
@@ -52,9 +50,10 @@ model = dict(
     decode_head=dict(num_classes=num_classes),
     auxiliary_head=[dict(aux_head, in_index=i) for i in range(3)],
     # beta = gamma = 0.05 and Proxy-Anchor (alpha 32, margin 0.1): the official defaults.
-    token_loss_weight=0.05,
-    cls_loss_weight=0.05,
-    metric_loss=dict(type='ProxyAnchorLoss', alpha=32., margin=0.1),
+    loss_prompt_token=dict(type='ProxyAnchorLoss', alpha=32., margin=0.1, loss_weight=0.05,
+                           loss_name='loss_prompt_token'),
+    loss_prompt_cls=dict(type='ProxyAnchorLoss', alpha=32., margin=0.1, loss_weight=0.05,
+                         loss_name='loss_prompt_cls'),
     token_pooling='region',
     background_classes=(),
     class_representation='region',
@@ -62,4 +61,4 @@ model = dict(
 
 # The class -> guided-prompt mapping: k-means over the whole training set before training,
 # re-clustered (warm-started) once per epoch of the train loader.
-custom_hooks = [dict(type='SemanticMappingHook', init_batches=None, interval=None)]
+custom_hooks = [dict(type='ClassPromptMappingHook', init_batches=None, interval=None)]

@@ -1,3 +1,3 @@
-from .semantic_mapping_hook import SemanticMappingHook
+from .class_prompt_mapping_hook import ClassPromptMappingHook
 
-__all__ = ['SemanticMappingHook']
+__all__ = ['ClassPromptMappingHook']

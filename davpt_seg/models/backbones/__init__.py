@@ -1,5 +1,8 @@
-from .prompted_vit import (TOKEN_SPACES, TUNING_MODES, GuidedBlockOutput, PromptedViT,
-                           TokenSpaces, TrunkAuxiliary)
+from .guided_attention import (TOKEN_SPACES, GuidedAttention, KVBiasOffsetLinear, TokenSpaces,
+                               guided_block_forward)
+from .prompted_vit import (TUNING_MODES, TUNING_PRESETS, GuidedBlockOutput, PromptedViT,
+                           TrunkAuxiliary, resolve_tuning)
 
-__all__ = ['PromptedViT', 'GuidedBlockOutput', 'TokenSpaces', 'TrunkAuxiliary', 'TUNING_MODES',
-           'TOKEN_SPACES']
+__all__ = ['PromptedViT', 'GuidedAttention', 'KVBiasOffsetLinear', 'GuidedBlockOutput',
+           'TokenSpaces', 'TrunkAuxiliary', 'TUNING_MODES', 'TUNING_PRESETS', 'TOKEN_SPACES',
+           'guided_block_forward', 'resolve_tuning']

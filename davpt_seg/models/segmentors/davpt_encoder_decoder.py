@@ -8,10 +8,16 @@ from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.utils import SampleList
 
+from ...checkpoint.layout import upgrade_legacy_keys
 from ..backbones.prompted_vit import TrunkAuxiliary
-from ..class_mapping import ClassPromptMapping
+from ..class_prompt_mapping import ClassPromptMapping
 
 TOKEN_POOLINGS = ('region', 'image')
+# Which (image, class) pairs feed the metric losses at each iteration.
+CLASS_ASSIGNMENTS = (
+    'random',  # the paper's: one class per image, uniform among its present classes
+    'all',  # every present class of every image
+)
 
 # What the metric losses compare: the (prompt, patch, CLS) spaces of the guided block's
 # ``TokenSpaces`` (all L2-normalised before the comparison).
@@ -27,6 +33,17 @@ EMBEDDING_PAIRINGS = {
     # The authors' release: the raw prompt against the block's input tokens.
     'input': ('input', 'input', 'input'),
 }
+# Arguments of davpt-seg 0.1 that the metric-loss configs replaced.
+_REPLACED_ARGUMENTS = {
+    'token_loss_weight': 'loss_prompt_token=dict(type=\'ProxyAnchorLoss\', loss_weight=...)',
+    'cls_loss_weight': 'loss_prompt_cls=dict(type=\'ProxyAnchorLoss\', loss_weight=...)',
+    'metric_loss': 'the ProxyAnchorLoss arguments inside loss_prompt_token / loss_prompt_cls',
+}
+
+
+class _BackboneFeatures(tuple):
+    """Feature maps that the backbone already computed (with the guided blocks' outputs);
+    :meth:`DAVPTEncoderDecoder.extract_feat` passes them on instead of running it again."""
 
 
 @MODELS.register_module()
@@ -37,19 +54,24 @@ class DAVPTEncoderDecoder(EncoderDecoder):
     classes present in its label map (a class is present when it is the majority label of at
     least one patch cell; ``ignore_index`` and ``background_classes`` never count). In every
     guided block of the backbone, the guided prompts' queries act as proxies for the class
-    clusters of ``class_mapping``, pulled towards the attention output of the assigned
-    class's region (``loss_prompt_token``, weight ``token_loss_weight``) and towards the
-    sample's CLS query (``loss_prompt_cls``, weight ``cls_loss_weight``).
+    clusters of ``class_prompt_mapping``, pulled towards the attention output of the assigned
+    class's region (``loss_prompt_token``) and towards the sample's CLS query
+    (``loss_prompt_cls``). The losses are averaged over the guided blocks.
 
-    Inference is mmseg's own: the guided branch only runs inside :meth:`loss`.
+    The segmentation losses are ``EncoderDecoder.loss``'s own, on the same forward;
+    inference is mmseg's own: the guided branch only runs inside :meth:`loss`.
 
     Args:
-        token_loss_weight: beta; cls_loss_weight: gamma. Both 0 → plain VPT-Deep.
-        metric_loss: config of the metric loss (``ProxyAnchorLoss`` by default).
+        loss_prompt_token: config of the token metric loss (``ProxyAnchorLoss`` with
+            ``loss_weight`` beta and ``loss_name``), or ``None``.
+        loss_prompt_cls: the same for the CLS metric loss (gamma), or ``None``. A backbone
+            with guided blocks needs at least one of the two; one without needs neither.
         token_pooling: ``'region'`` (the assigned class's patches) or ``'image'`` (all).
         background_classes: class indices never assigned (e.g. ``(0,)`` for PASCAL Context-60).
         class_representation: what the mapping clusters: ``'region'`` (mean last-block patch
             tokens of the class) or ``'cls'`` (the CLS token of images holding the class).
+        class_assignment: ``'random'`` (the paper's one class per image and iteration) or
+            ``'all'`` (every present class of every image is a data point).
         embedding_pairing: which spaces the losses compare, a key of ``EMBEDDING_PAIRINGS``:
             ``'query-attention'`` (the paper), ``'key-query'`` (the attention's own space) or
             ``'input'`` (the authors' release).
@@ -63,81 +85,119 @@ class DAVPTEncoderDecoder(EncoderDecoder):
     def __init__(self,
                  backbone: dict,
                  decode_head: dict,
-                 token_loss_weight: float = 0.05,
-                 cls_loss_weight: float = 0.05,
-                 metric_loss: dict = dict(type='ProxyAnchorLoss', alpha=32., margin=0.1),
+                 loss_prompt_token: Optional[dict] = None,
+                 loss_prompt_cls: Optional[dict] = None,
                  token_pooling: str = 'region',
                  background_classes: Sequence[int] = (),
                  class_representation: str = 'region',
+                 class_assignment: str = 'random',
                  embedding_pairing: str = 'query-attention',
                  detach_data: bool = False,
                  **kwargs):
+        replaced = sorted(set(kwargs) & set(_REPLACED_ARGUMENTS))
+        if replaced:
+            raise TypeError(f'DAVPTEncoderDecoder: {replaced} were replaced by loss configs, '
+                            'as mmseg configures its losses: ' +
+                            '; '.join(f'{k} -> {_REPLACED_ARGUMENTS[k]}' for k in replaced))
         super().__init__(backbone=backbone, decode_head=decode_head, **kwargs)
-        if token_pooling not in TOKEN_POOLINGS:
-            raise ValueError(f'token_pooling={token_pooling!r} is not one of {TOKEN_POOLINGS}')
-        if embedding_pairing not in EMBEDDING_PAIRINGS:
-            raise ValueError(f'embedding_pairing={embedding_pairing!r} is not one of '
-                             f'{tuple(EMBEDDING_PAIRINGS)}')
+        for name, value, choices in (
+                ('token_pooling', token_pooling, TOKEN_POOLINGS),
+                ('class_assignment', class_assignment, CLASS_ASSIGNMENTS),
+                ('embedding_pairing', embedding_pairing, tuple(EMBEDDING_PAIRINGS))):
+            if value not in choices:
+                raise ValueError(f'{name}={value!r} is not one of {choices}')
         num_classes = self.decode_head.num_classes
         for cls in background_classes:
             if not 0 <= cls < num_classes:
                 raise ValueError(f'background class {cls} is outside [0, {num_classes})')
-        self.token_loss_weight = token_loss_weight
-        self.cls_loss_weight = cls_loss_weight
         self.token_pooling = token_pooling
+        self.class_assignment = class_assignment
         self.embedding_pairing = embedding_pairing
         self.detach_data = detach_data
         self.background_classes = tuple(background_classes)
-        self.metric_loss = MODELS.build(metric_loss)
 
-        num_guided = getattr(self.backbone, 'num_guided_prompts', 0)
-        self.class_mapping: Optional[ClassPromptMapping] = None
-        if num_guided:
-            self.class_mapping = ClassPromptMapping(num_classes, num_guided,
-                                                    self.backbone.embed_dim,
-                                                    class_representation)
-        self.with_guidance = self.class_mapping is not None and (
-            token_loss_weight > 0 or cls_loss_weight > 0)
+        guided_blocks = tuple(getattr(self.backbone, 'guided_blocks', ()))
+        losses = {role: MODELS.build(cfg) for role, cfg in (
+            ('loss_prompt_token', loss_prompt_token), ('loss_prompt_cls', loss_prompt_cls))
+            if cfg is not None}
+        if losses and not guided_blocks:
+            raise ValueError(
+                f'{sorted(losses)} are set, but the backbone has no guided blocks '
+                '(model.backbone.guided_blocks=()) whose prompts they could train: set '
+                'guided_blocks (DA-VPT), or loss_prompt_token=None and loss_prompt_cls=None '
+                '(VPT-Deep)')
+        if guided_blocks and not losses:
+            raise ValueError(
+                f'model.backbone.guided_blocks={guided_blocks}, but neither loss_prompt_token '
+                'nor loss_prompt_cls is set, so nothing would guide those prompts: set the '
+                'metric losses, or guided_blocks=() for plain VPT-Deep')
+        names = [loss.loss_name for loss in losses.values()]
+        if len(set(names)) != len(names):
+            raise ValueError(f'loss_prompt_token and loss_prompt_cls share loss_name '
+                             f'{names[0]!r}: give each its own (their logs would merge)')
+        self.loss_prompt_token = losses.get('loss_prompt_token')
+        self.loss_prompt_cls = losses.get('loss_prompt_cls')
+
+        self.class_prompt_mapping: Optional[ClassPromptMapping] = None
+        if guided_blocks:
+            self.class_prompt_mapping = ClassPromptMapping(
+                num_classes, self.backbone.num_guided_prompts, self.backbone.embed_dim,
+                class_representation)
+        self.with_guidance = bool(guided_blocks)
 
     # ------------------------------------------------------------------------ training
     def loss(self, inputs: torch.Tensor, data_samples: SampleList) -> dict:
         if not self.with_guidance:
             return super().loss(inputs, data_samples)
         feats, aux = self.backbone.forward_with_guidance(inputs)
-        if self.with_neck:
-            feats = self.neck(feats)
-        losses = dict()
-        losses.update(self._decode_head_forward_train(feats, data_samples))
-        if self.with_auxiliary_head:
-            losses.update(self._auxiliary_head_forward_train(feats, data_samples))
-        losses.update(self._metric_losses(aux, data_samples))
+        losses = super().loss(_BackboneFeatures(feats), data_samples)
+        losses.update(self.prompt_losses(aux, data_samples))
         return losses
 
-    def _metric_losses(self, aux: TrunkAuxiliary, data_samples: SampleList) -> dict:
+    def extract_feat(self, inputs):
+        if isinstance(inputs, _BackboneFeatures):  # from loss(): the backbone already ran
+            return self.neck(tuple(inputs)) if self.with_neck else tuple(inputs)
+        return super().extract_feat(inputs)
+
+    def prompt_losses(self, aux: TrunkAuxiliary, data_samples: SampleList) -> dict:
+        """The metric losses of one training batch, keyed by their ``loss_name``; also adds
+        the batch's class statistics to the mapping's (training only)."""
         cell_labels = self.patch_cell_labels(data_samples, aux.hw_shape)
         if self.training:
-            self.class_mapping.accumulate(*self.class_statistics(aux, cell_labels))
-        classes, valid = self.assign_classes(cell_labels)
-        prompt_labels = self.class_mapping(classes[valid])
+            self.class_prompt_mapping.accumulate(*self.class_statistics(aux, cell_labels))
+        pairs = self.assigned_pairs(cell_labels)  # (B, C) bool: the losses' data points
+        classes = torch.arange(pairs.shape[1], device=pairs.device).expand_as(pairs)
+        prompt_labels = self.class_prompt_mapping(classes).flatten()
+        valid = pairs.flatten()
 
         prompt_space, patch_space, cls_space = EMBEDDING_PAIRINGS[self.embedding_pairing]
-        token_losses, cls_losses = [], []
+        terms = {loss.loss_name: [] for loss in (self.loss_prompt_token,
+                                                 self.loss_prompt_cls) if loss is not None}
         for block in aux.guided:
             patches, cls = block.patches[patch_space], block.cls[cls_space]
             if self.detach_data:
                 patches, cls = patches.detach(), cls.detach()
-            if self.token_pooling == 'region':
-                region = (cell_labels == classes[:, None]).to(patches.dtype)
-                tokens = torch.einsum('bn,bnc->bc', region, patches) / \
-                    region.sum(1, keepdim=True).clamp(min=1)
-            else:
-                tokens = patches.mean(1)
             proxies = block.prompts[prompt_space]
-            token_losses.append(self.metric_loss(tokens[valid], proxies, prompt_labels))
-            cls_losses.append(self.metric_loss(cls[valid], proxies, prompt_labels))
-        return dict(
-            loss_prompt_token=self.token_loss_weight * torch.stack(token_losses).mean(),
-            loss_prompt_cls=self.cls_loss_weight * torch.stack(cls_losses).mean())
+            if self.loss_prompt_token is not None:
+                tokens = self._pool_tokens(patches, cell_labels, pairs)  # (B, C, width)
+                terms[self.loss_prompt_token.loss_name].append(self.loss_prompt_token(
+                    tokens.flatten(0, 1), proxies, prompt_labels, valid))
+            if self.loss_prompt_cls is not None:
+                cls_points = cls[:, None].expand(-1, pairs.shape[1], -1)
+                terms[self.loss_prompt_cls.loss_name].append(self.loss_prompt_cls(
+                    cls_points.flatten(0, 1), proxies, prompt_labels, valid))
+        return {name: torch.stack(values).mean() for name, values in terms.items()}
+
+    def _pool_tokens(self, patches: torch.Tensor, cell_labels: torch.Tensor,
+                     pairs: torch.Tensor) -> torch.Tensor:
+        """(B, C, width): each class's mean patch embedding in each image (``region``), or
+        the image's mean embedding for every class (``image``); rows of pairs that are not
+        data points are whatever the pooling gives and are masked by the loss."""
+        if self.token_pooling == 'image':
+            return patches.mean(1)[:, None].expand(-1, pairs.shape[1], -1)
+        region = self._one_hot_classes(cell_labels, exclude_background=False).float()
+        weights = region / region.sum(dim=1, keepdim=True).clamp(min=1)  # (B, N, C)
+        return torch.einsum('bnc,bnd->bcd', weights, patches.float()).to(patches.dtype)
 
     # -------------------------------------------------------------- labels on the token grid
     def patch_cell_labels(self, data_samples: SampleList,
@@ -166,6 +226,10 @@ class DAVPTEncoderDecoder(EncoderDecoder):
         safe = torch.where(eligible, cell_labels, torch.full_like(cell_labels, num_classes))
         return F.one_hot(safe, num_classes + 1)[..., :num_classes].bool()
 
+    def present_classes(self, cell_labels: torch.Tensor) -> torch.Tensor:
+        """(B, C) bool: the classes each image may be assigned (present, not background)."""
+        return self._one_hot_classes(cell_labels, exclude_background=True).any(dim=1)
+
     def assign_classes(self, cell_labels: torch.Tensor
                        ) -> Tuple[torch.Tensor, torch.Tensor]:
         """One class per sample, uniform among its eligible present classes.
@@ -173,11 +237,20 @@ class DAVPTEncoderDecoder(EncoderDecoder):
         Returns ``(classes (B,), valid (B,))``; samples with no eligible class are invalid
         (their ``classes`` entry is meaningless) and take no part in the metric losses.
         """
-        presence = self._one_hot_classes(cell_labels, exclude_background=True).any(dim=1)
+        presence = self.present_classes(cell_labels)
         valid = presence.any(dim=1)
-        weights = torch.where(valid[:, None], presence.float(), torch.ones_like(presence,
-                                                                                 dtype=torch.float))
+        weights = torch.where(valid[:, None], presence.float(),
+                              torch.ones_like(presence, dtype=torch.float))
         return torch.multinomial(weights, 1).squeeze(1), valid
+
+    def assigned_pairs(self, cell_labels: torch.Tensor) -> torch.Tensor:
+        """(B, C) bool: the (image, class) pairs that are the metric losses' data points at
+        this iteration, per ``class_assignment``."""
+        if self.class_assignment == 'all':
+            return self.present_classes(cell_labels)
+        classes, valid = self.assign_classes(cell_labels)
+        num_classes = self.decode_head.num_classes
+        return F.one_hot(classes, num_classes).bool() & valid[:, None]
 
     @torch.no_grad()
     def class_statistics(self, aux: TrunkAuxiliary,
@@ -189,10 +262,9 @@ class DAVPTEncoderDecoder(EncoderDecoder):
         """
         one_hot = self._one_hot_classes(cell_labels, exclude_background=False).float()
         present = one_hot.any(dim=1).float()  # (B, C)
-        if self.class_mapping.representation == 'region':
-            cells = one_hot.sum(dim=1)  # (B, C)
-            region_sum = torch.einsum('bnc,bnd->bcd', one_hot, aux.last_patches.float())
-            per_image = region_sum / cells.clamp(min=1)[..., None]
+        if self.class_prompt_mapping.representation == 'region':
+            weights = one_hot / one_hot.sum(dim=1, keepdim=True).clamp(min=1)
+            per_image = torch.einsum('bnc,bnd->bcd', weights, aux.last_patches.float())
             return per_image.sum(dim=0), present.sum(dim=0)
         return present.t() @ aux.last_cls.float(), present.sum(dim=0)
 
@@ -206,6 +278,11 @@ class DAVPTEncoderDecoder(EncoderDecoder):
         """
         _, aux = self.backbone.forward_with_guidance(inputs, use_prompts=use_prompts)
         return self.class_statistics(aux, self.patch_cell_labels(data_samples, aux.hw_shape))
+
+    # ---------------------------------------------------------------------- checkpoints
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        upgrade_legacy_keys(state_dict, prefix)  # davpt-seg 0.1 checkpoints
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------------- reporting
     def trainable_parameter_counts(self) -> Dict[str, int]:

@@ -1,0 +1,8 @@
+# The heads alone: the frozen trunk without prompts, only the decode head trains.
+_base_ = ['./setr_pup_dinov2-s14_davpt_ccp.py']
+model = dict(
+    backbone=dict(num_prompts=0,
+                  guided_blocks=(), num_guided_prompts=None, num_extra_prompts=None),
+    loss_prompt_token=None,
+    loss_prompt_cls=None)
+custom_hooks = []

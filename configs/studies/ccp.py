@@ -1,0 +1,74 @@
+# The many-class study (docs/results/ccp.md): Clothing Co-Parsing, 59 classes with a
+# background class (77 % of the pixels, never assigned to a guided prompt), under a frozen
+# DINOv2 ViT-S/14 with a SETR-PUP head. Every variant is a config of configs/ccp/ plus the
+# options below; the ablations change one switch of the paper's DA-VPT (`davpt`). Run, list
+# and report with
+#   python tools/study.py ccp {run,list,report} ...
+# (the fields are described in harness/study/spec.py).
+dataset = 'CCP'
+title = 'Many classes and a background class: Clothing Co-Parsing + a frozen DINOv2 ViT-S/14'
+config_dir = 'configs/ccp'
+results_dir = 'docs/results/ccp'
+report = 'docs/results/ccp.md'
+work_root = 'work_dirs/study/ccp'
+data_root = 'data/ccp'
+pretrained = 'pretrain/dinov2_vits14.safetensors'
+reference = 'davpt'  # the paper's DA-VPT: ablations change one switch of it
+baseline = 'vpt-deep'
+heads_only = 'linear'
+
+_detach = dict(model=dict(detach_data=True))
+variants = [
+    # ---------------------------------------------------------------------- main table
+    dict(name='linear', config='setr_pup_dinov2-s14_linear_ccp.py', group='main',
+         description='heads only (frozen trunk)'),
+    dict(name='vpt-deep', config='setr_pup_dinov2-s14_vpt-deep_ccp.py', group='main',
+         description='VPT-Deep, 10 prompts per block'),
+    dict(name='davpt', config='setr_pup_dinov2-s14_davpt_ccp.py', group='main',
+         description="DA-VPT, the paper's settings (M = 10, block 8)"),
+    dict(name='detach-data', config='setr_pup_dinov2-s14_davpt_ccp.py', group='main',
+         description='DA-VPT with the patch/CLS embeddings detached', options=_detach),
+    dict(name='davpt-plus', config='setr_pup_dinov2-s14_davpt-plus_ccp.py', group='main',
+         description="DA-VPT+, the paper's settings"),
+    dict(name='davpt-plus-detach', config='setr_pup_dinov2-s14_davpt-plus_ccp.py',
+         group='main', description='DA-VPT+ with the patch/CLS embeddings detached',
+         options=_detach),
+    # ------------------------------------------ ablations: one switch of the paper's DA-VPT
+    dict(name='prompts-5', config='setr_pup_dinov2-s14_davpt_ccp.py',
+         group='guided prompts M', description='M = 5 guided + 5 unguided prompts',
+         options=dict(model=dict(backbone=dict(num_guided_prompts=5, num_extra_prompts=5)))),
+    dict(name='prompts-20', config='setr_pup_dinov2-s14_davpt_ccp.py',
+         group='guided prompts M', description='M = 20 guided prompts (the paper\'s best)',
+         options=dict(model=dict(backbone=dict(num_guided_prompts=20)))),
+    dict(name='guided-last', config='setr_pup_dinov2-s14_davpt_ccp.py', group='guided block',
+         description='the last block (11) guided',
+         options=dict(model=dict(backbone=dict(guided_blocks=(11, ))))),
+    dict(name='guided-several', config='setr_pup_dinov2-s14_davpt_ccp.py',
+         group='guided block', description='blocks 4, 8 and 11 guided',
+         options=dict(model=dict(backbone=dict(guided_blocks=(4, 8, 11))))),
+    dict(name='weights-0.01', config='setr_pup_dinov2-s14_davpt_ccp.py',
+         group='loss weights', description='beta = gamma = 0.01',
+         options=dict(model=dict(loss_prompt_token=dict(loss_weight=0.01),
+                                 loss_prompt_cls=dict(loss_weight=0.01)))),
+    dict(name='weights-0.2', config='setr_pup_dinov2-s14_davpt_ccp.py',
+         group='loss weights', description='beta = gamma = 0.2',
+         options=dict(model=dict(loss_prompt_token=dict(loss_weight=0.2),
+                                 loss_prompt_cls=dict(loss_weight=0.2)))),
+    dict(name='assign-all', config='setr_pup_dinov2-s14_davpt_ccp.py',
+         group='class assignment', description='every present class of every image',
+         options=dict(model=dict(class_assignment='all'))),
+    dict(name='kmeans-cls', config='setr_pup_dinov2-s14_davpt_ccp.py', group='k-means input',
+         description='k-means over CLS tokens (paper, authors)',
+         options=dict(model=dict(class_representation='cls'))),
+]
+schedules = [
+    # The search for a protocol with power (the "power" block): VPT-Deep must beat the
+    # heads alone by 3x its own seed std before prompt variants are compared.
+    dict(name='s300', dir='s300', iters=300, description='300 iterations'),
+    dict(name='s900', dir='s900', iters=900, description='900 iterations'),
+]
+main_schedule = 's300'
+curve_variants = ['linear', 'vpt-deep', 'davpt', 'detach-data', 'davpt-plus',
+                  'davpt-plus-detach']
+blocks = ['power', 'main', 'ablation', 'training', 'per-class', 'plots', 'runs']
+final_configs = {}

@@ -1,0 +1,245 @@
+"""Markdown sections of the benchmark results (docs/benchmarks.md)."""
+import math
+from typing import List, Optional, Sequence
+
+from ..markdown import update_generated_file
+from .measure import fmt_bytes
+from .settings import REFERENCE
+
+def _fmt_flops(num: Optional[int]) -> str:
+    return 'n/a' if not num else f'{num / 1e9:,.4g}'
+
+
+def _fmt_ratio(num: Optional[float]) -> str:
+    return 'n/a' if num is None else f'{num:.3f}'
+
+
+def _verdict(ok: Optional[bool]) -> str:
+    return 'not measured' if ok is None else ('**met**' if ok else '**not met**')
+
+
+def section_key(results: dict) -> str:
+    options = results['options']
+    device = options['device'].split(':')[0]
+    key = f"{results['setting']['name']}-{device}"
+    if options.get('amp'):
+        key += f"-{options['amp']}"
+    if options.get('with_cp'):
+        key += '-cp'
+    return key
+
+
+def machine_lines(machine: dict, options: dict) -> List[str]:
+    """The Machine and Software lines every benchmark section starts with."""
+    device = options['device']
+    return [
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores available, "
+        f"{options['threads']} torch thread(s); device `{device}`"
+        f"{'' if device == 'cpu' else ' (' + machine['device_name'] + ')'}; "
+        f"{machine['platform']}",
+        f"- Software: torch {machine['torch']}, timm {machine['timm']}, mmseg "
+        f"{machine['mmseg']}, mmcv {machine['mmcv']}, mmengine {machine['mmengine']}, "
+        f"Python {machine['python']}; timm fused attention (SDPA): "
+        f"{machine['timm_fused_attn']}, SDPA backend: {options.get('sdpa', 'auto')}"]
+
+
+def _model_line(setting: dict, layout: Sequence[int]) -> str:
+    return (
+        f"- Model: {setting['arch']} geometry ({setting['depth']} blocks, width "
+        f"{setting['embed_dim']}, {setting['num_heads']} heads, patch {setting['patch_size']}), "
+        f"{setting['img_size']}×{setting['img_size']} input, batch {setting['batch_size']}: "
+        f"{(setting['img_size'] // setting['patch_size']) ** 2} patch tokens + CLS, plus "
+        f"{'/'.join(map(str, layout))} prompt tokens per block in the prompt modes "
+        f"(guided block(s) {list(setting['guided_blocks'])} hold "
+        f"{setting['num_guided_prompts']}); SETR-PUP decode head "
+        f"({setting['decode_convs']} convs) + {len(setting['out_indices']) - 1} auxiliary "
+        f"heads, {setting['head_channels']} channels, {setting['num_classes']} classes, BN")
+
+
+def render_markdown(results: dict, command: str) -> str:
+    setting, options = results['setting'], results['options']
+    machine, entries = results['machine'], results['variants']
+    layout = sorted(set(entries.get(REFERENCE, {}).get('prompt_tokens', []) or [0]))
+    lines = [
+        f"### {setting['description']} — {machine['device_name']}"
+        f"{', bf16 autocast' if options.get('amp') else ''}"
+        f"{', with_cp' if options.get('with_cp') else ''}",
+        '',
+        '```',
+        command,
+        '```',
+        '',
+        *machine_lines(machine, options),
+        f"- Run: {results['started']} → {results['finished']}; load average (1/5/15 min) "
+        f"{results['loadavg_start']} at start, {results['loadavg_end']} at end; "
+        f"{options['repeats']} interleaved rounds × {options['iters']} step(s) after "
+        f"{options['warmup']} warm-up step(s) per variant, workers started by "
+        f"{options['start_method']}",
+        _model_line(setting, layout),
+        '',
+        '| variant | what trains | trainable params | train step ms (median, min–max) | '
+        'train img/s | train step × VPT-Deep | train GFLOPs | inference ms | inference '
+        'img/s | inference × VPT-Deep | inference GFLOPs | peak mem train | peak mem '
+        'inference |',
+        '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ]
+    for variant, e in entries.items():
+        lines.append(
+            f"| {variant} | {e['note']} | {e['trainable'] / 1e6:.3f}M "
+            f"(backbone {e['trainable_backbone'] / 1e6:.3f}M) | "
+            f"{e['train_ms']:.1f} ({e['train_ms_min']:.1f}–{e['train_ms_max']:.1f}) | "
+            f"{e['train_img_per_s']:.2f} | {_fmt_ratio(e['train_ratio_vs_vpt_deep'])} | "
+            f"{_fmt_flops(e.get('train_flops'))} | "
+            f"{e['infer_ms']:.1f} ({e['infer_ms_min']:.1f}–{e['infer_ms_max']:.1f}) | "
+            f"{e['infer_img_per_s']:.2f} | {_fmt_ratio(e['infer_ratio_vs_vpt_deep'])} | "
+            f"{_fmt_flops(e.get('infer_flops'))} | {fmt_bytes(e['train_peak_bytes'])} | "
+            f"{fmt_bytes(e['infer_peak_bytes'])} |")
+    memory_kind = 'max_memory_allocated' if options['device'] != 'cpu' else \
+        'rise of the worker\'s resident-set high-water mark over its RSS before the model ' \
+        'was built (weights, gradients, optimizer state, activations, allocator slack)'
+    lines += ['', f'Peak memory: {memory_kind}. Ratios: median over rounds of the per-round '
+              'time ratio (each round runs every variant back to back). GFLOPs: '
+              '`torch.utils.flop_counter` over one step (forward + backward for training).',
+              '']
+    lines += _targets(results)
+    return '\n'.join(lines) + '\n'
+
+
+def memory_section_key(results: dict) -> str:
+    return f"memory-{results['setting']['name']}-{results['options']['device'].split(':')[0]}"
+
+
+def merge_memory_results(earlier: dict, now: dict) -> dict:
+    """``now``'s rows replace ``earlier``'s rows of the same variant and with_cp; the other
+    rows of ``earlier`` are kept, in its order. For completing a table one row at a time
+    (each row is a fresh process, so rows measured at different times compare)."""
+    for part, field in (('setting', 'name'), ('options', 'device'), ('options', 'steps')):
+        if earlier[part].get(field) != now[part].get(field):
+            raise ValueError(f'the results to merge differ in {part}.{field}: '
+                             f'{earlier[part].get(field)!r} vs {now[part].get(field)!r}')
+    measured = {(run['variant'], run['with_cp']): run for run in now['runs']}
+    runs = [measured.pop((run['variant'], run['with_cp']), run) for run in earlier['runs']]
+    history = earlier.get('history') or [
+        {key: earlier[key] for key in ('command', 'started', 'finished') if key in earlier}]
+    return dict(now, runs=runs + list(measured.values()), history=history)
+
+
+def render_memory_markdown(results: dict, command: str) -> str:
+    setting, options, machine = results['setting'], results['options'], results['machine']
+    on_cpu = options['device'] == 'cpu'
+    layout = sorted({n for run in results['runs'] for n in run.get('prompt_tokens', [])
+                     if n} or {0})
+    lines = [
+        f"### Training-step peak memory: {setting['description']} — "
+        f"{machine['device_name']}", '', '```', command, '```', '',
+        *machine_lines(machine, options),
+        f"- Run: {results['started']} → {results['finished']}; load average (1/5/15 min) "
+        f"{results['loadavg_start']} at start, {results['loadavg_end']} at end; "
+        f"{fmt_bytes(results['mem_available_start'])} available at start; one fresh "
+        f"process per row, one at a time ({options['start_method']}), "
+        f"{options['steps']} training steps each (forward, backward, AdamW step)",
+        *[f"- Rows this command did not measure come from `{old['command']}`, run "
+          f"{old['started']} → {old['finished']}" for old in results.get('history', [])],
+        _model_line(setting, layout), '',
+    ]
+    if on_cpu:
+        lines += ['| variant | what trains | with_cp | trainable params | RSS baseline | '
+                  'RSS after build | peak RSS | peak − baseline | s/step |',
+                  '|---|---|---|---:|---:|---:|---:|---:|---:|']
+    else:
+        lines += ['| variant | what trains | with_cp | trainable params | max allocated | '
+                  's/step |', '|---|---|---|---:|---:|---:|']
+    for run in results['runs']:
+        head = f"| {run['variant']} | {run['note']} | {'yes' if run['with_cp'] else 'no'} | "
+        if 'error' in run:
+            lines.append(head + f"{run['error']} |" + ' |' * (5 if on_cpu else 1))
+            continue
+        params = f"{run['trainable'] / 1e6:.1f}M"
+        if on_cpu:
+            lines.append(head + f"{params} | {fmt_bytes(run['rss_baseline_bytes'])} | "
+                         f"{fmt_bytes(run['rss_model_bytes'])} | "
+                         f"{fmt_bytes(run['peak_rss_bytes'])} | "
+                         f"**{fmt_bytes(run['peak_bytes'])}** | {run['step_seconds']:.1f} |")
+        else:
+            lines.append(head + f"{params} | **{fmt_bytes(run['peak_bytes'])}** | "
+                         f"{run['step_seconds']:.1f} |")
+    kind = ('peak − baseline: the rise of the process\'s resident-set high-water mark '
+            '(`VmHWM`) over its RSS before the model was built, i.e. without the Python '
+            'interpreter, torch, mmseg and the other libraries') if on_cpu else \
+        'max allocated: `max_memory_allocated`'
+    lines += ['', f'{kind}.', '']
+    return '\n'.join(lines)
+
+
+def _targets(results: dict) -> List[str]:
+    entries, options = results['variants'], results['options']
+    speedups = results.get('speedups', {})
+    on_cpu = options['device'] == 'cpu'
+    lines = ['Targets:', '']
+    davpt = entries.get('da-vpt')
+    if davpt:
+        ratio = davpt['train_ratio_vs_vpt_deep']
+        flops = davpt.get('train_flops_ratio_vs_vpt_deep')
+        lines.append(f"- DA-VPT training step ≤ 1.03× VPT-Deep: {ratio:.3f}× time "
+                     f"(FLOPs {'n/a' if flops is None else f'{flops:.4f}'}×) — "
+                     f"{_verdict(ratio <= 1.03)}")
+        ratio = davpt['infer_ratio_vs_vpt_deep']
+        flops = davpt.get('infer_flops_ratio_vs_vpt_deep')
+        same = (davpt.get('infer_flops') == entries[REFERENCE].get('infer_flops')
+                and davpt.get('infer_flops') is not None)
+        lines.append(f"- DA-VPT inference identical in cost to VPT-Deep: FLOPs "
+                     f"{'identical' if same else _fmt_ratio(flops) + '×'}, "
+                     f"time {ratio:.3f}× "
+                     f"(timing noise only) — {_verdict(same if flops else None)}")
+    threshold = 1.0 if on_cpu else 1.3
+    for pair, label in (('mmseg-full/full', 'full fine-tune'),
+                        ('mmseg-frozen/linear', 'frozen trunk')):
+        if pair in speedups:
+            train, infer = speedups[pair]['train'], speedups[pair]['infer']
+            lines.append(
+                f"- our backbone vs mmseg's VisionTransformer, same tokens, {label}: "
+                f"{train:.3f}× as fast in training, {infer:.3f}× in inference (target "
+                f"≥ {threshold:.1f}× on {'CPU' if on_cpu else 'GPU'}) — "
+                f"{_verdict(min(train, infer) >= threshold)}")
+    if 'mmseg-frozen/vpt-deep' in speedups:
+        infer = speedups['mmseg-frozen/vpt-deep']['infer']
+        lines.append(f"- for reference, VPT-Deep (its prompt tokens included) vs mmseg's "
+                     f"frozen ViT in inference: {infer:.3f}× as fast")
+    memory_target = results['setting']['name'] == 'vit-l-512' and not on_cpu and \
+        options.get('with_cp') and results['setting']['batch_size'] == 2
+    if memory_target:
+        peaks = {v: e['train_peak_bytes'] for v, e in entries.items()
+                 if v in ('vpt-deep', 'da-vpt', 'da-vpt+')}
+        worst = max(peaks.values())
+        lines.append(f"- peak GPU memory, ViT-L 512², batch 2, with_cp ≤ 8 GB: "
+                     f"{', '.join(f'{v} {fmt_bytes(b)}' for v, b in peaks.items())} — "
+                     f"{_verdict(worst <= 8e9)}")
+    else:
+        lines.append('- peak GPU memory, ViT-L 512², batch 2, with_cp ≤ 8 GB: not measured '
+                     'in this run (needs `--setting vit-l-512 --device cuda --with-cp`)')
+    return lines
+
+
+DOC_HEADER = """# Benchmarks
+
+Training step (forward + backward + optimizer step), throughput, peak memory and trainable
+parameters of the PEFT variants, all on the same SETR-PUP segmentor; written by
+`tools/analysis_tools/benchmark.py` (each run replaces its own section, keyed by setting,
+device and options). How it measures: see the docstring of `harness/benchmark/measure.py`.
+
+"""
+
+
+def update_doc(path: str, key: str, body: str):
+    """Replaces (or appends) the section ``key`` of ``path``, keeping everything else."""
+    update_generated_file(path, f'benchmark:{key}', body.rstrip('\n'), header=DOC_HEADER)
+
+
+REQUIRED_FIELDS = ('trainable', 'trainable_backbone', 'trainable_heads', 'train_seconds',
+                   'train_ms', 'train_img_per_s', 'train_ratio_vs_vpt_deep',
+                   'train_peak_bytes', 'infer_seconds', 'infer_ms', 'infer_img_per_s',
+                   'infer_ratio_vs_vpt_deep', 'infer_peak_bytes')
+
+
+def finite(num) -> bool:
+    return isinstance(num, (int, float)) and math.isfinite(num)

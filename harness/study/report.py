@@ -1,0 +1,328 @@
+"""Tables and plots of a seeded study (``tools/study.py STUDY report``).
+
+The report is part hand-written, part generated: the generated parts sit between
+``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->`` markers
+(:mod:`harness.markdown`) and are replaced on every render, everything else (the findings,
+the reasoning) is kept as written. Which blocks a report has is the study file's ``blocks``.
+"""
+import math
+import os
+import os.path as osp
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence
+
+from ..markdown import replace_block
+from .spec import Study
+
+# VPT-Deep must beat the heads alone by this many of its own seed std for a schedule to
+# have the power to tell prompt variants apart (the "power" block).
+POWER_FACTOR = 3.0
+# Curves are smoothed over this many logs (5 logs = 50 iterations): the plots' moving mean
+# and the training table's "last 50 iterations" use the same window, so they agree.
+CURVE_TAIL = 5
+
+
+def mean_std(values: Sequence[float]):
+    """Mean and sample standard deviation (``nan`` for fewer than two values)."""
+    values = list(values)
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def fmt(mean: float, std: float, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return '–'
+    if math.isnan(std):
+        return f'{mean:.{digits}f}'
+    return f'{mean:.{digits}f} ± {std:.{digits}f}'
+
+
+def signed(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return '–'
+    text = f'{mean:+.2f}'
+    return text if math.isnan(std) else f'{text} ± {std:.2f}'
+
+
+def by_variant(records: List[dict]) -> Dict[str, Dict[int, dict]]:
+    grouped: Dict[str, Dict[int, dict]] = defaultdict(dict)
+    for record in records:
+        grouped[record['variant']][record['seed']] = record
+    return grouped
+
+
+def paired_difference(runs: Dict[str, Dict[int, dict]], variant: str, other: str):
+    """Mean ± std over the seeds both ran of ``mIoU(variant) - mIoU(other)``, and n.
+
+    The same seed gives both arms the same data order, head initialisation and prompts
+    initialisation, so the paired difference removes most of the seed-to-seed swing.
+    """
+    seeds = sorted(set(runs.get(variant, {})) & set(runs.get(other, {})))
+    diffs = [runs[variant][s]['mIoU'] - runs[other][s]['mIoU'] for s in seeds]
+    mean, std = mean_std(diffs)
+    return mean, std, len(seeds)
+
+
+def _millions(count: Optional[int]) -> str:
+    if count is None:
+        return '–'
+    return f'{count / 1e6:.2f}M' if count >= 1e5 else f'{count / 1e3:.1f}k'
+
+
+def main_table(runs, variants, baseline: str, names: Optional[Sequence[str]] = None) -> str:
+    """One row per variant of the ``main`` group (or of ``names``) that has runs."""
+    lines = ['| variant | config | trainable | seeds | val mIoU (mean ± std) | per seed | '
+             f'Δ vs {baseline} (paired) | min/run |',
+             '|---|---|---|---|---|---|---|---|']
+    for variant in variants:
+        wanted = variant.name in names if names is not None else variant.group == 'main'
+        if not wanted or variant.name not in runs:
+            continue
+        seeds = runs[variant.name]
+        values = [seeds[s]['mIoU'] for s in sorted(seeds)]
+        trainable = next(iter(seeds.values())).get('trainable_parameters')
+        minutes = mean_std([r['wall_seconds'] / 60 for r in seeds.values()])[0]
+        delta = '–' if variant.name == baseline else \
+            signed(*paired_difference(runs, variant.name, baseline)[:2])
+        lines.append(
+            f'| {variant.name} | `{osp.basename(variant.config)}` | {_millions(trainable)} | '
+            f'{len(values)} | **{fmt(*mean_std(values))}** | '
+            f'{" / ".join(f"{v:.2f}" for v in values)} | {delta} | {minutes:.0f} |')
+    return '\n'.join(lines)
+
+
+def ablation_table(runs, variants, reference: str, baseline: str) -> str:
+    lines = [f'| switch | variant | what changes from `{reference}` | seeds | val mIoU | '
+             f'Δ vs {reference} (paired) | Δ vs {baseline} (paired) |',
+             '|---|---|---|---|---|---|---|']
+    rows = [v for v in variants if v.name in runs and
+            (v.group != 'main' or v.name in (reference, baseline))]
+    order = {reference: 0, baseline: 1}
+    rows.sort(key=lambda v: (order.get(v.name, 2), v.group != 'main', v.group))
+    for variant in rows:
+        seeds = runs[variant.name]
+        values = [seeds[s]['mIoU'] for s in sorted(seeds)]
+        to_ref = '–' if variant.name == reference else \
+            signed(*paired_difference(runs, variant.name, reference)[:2])
+        to_base = '–' if variant.name == baseline else \
+            signed(*paired_difference(runs, variant.name, baseline)[:2])
+        group = 'reference' if variant.name == reference else \
+            'baseline' if variant.name == baseline else variant.group
+        lines.append(f'| {group} | {variant.name} | {variant.description} | {len(values)} | '
+                     f'{fmt(*mean_std(values))} | {to_ref} | {to_base} |')
+    return '\n'.join(lines)
+
+
+def _curve_end(record: dict, key: str) -> float:
+    values = record.get('curves', {}).get(key) or []
+    tail = values[-CURVE_TAIL:]
+    return sum(tail) / len(tail) if tail else math.nan
+
+
+def _curve_start(record: dict, key: str) -> float:
+    values = record.get('curves', {}).get(key) or []
+    return values[0] if values else math.nan
+
+
+def training_table(runs, variants) -> str:
+    """How each variant trained: the segmentation loss it reached on the training crops, and
+    where its metric losses started and ended (as logged, i.e. weighted by beta / gamma).
+
+    Tells apart a metric loss that competes with segmentation (higher final CE) from one
+    that cannot be lowered at all (start ≈ end), which mIoU alone cannot."""
+    lines = ['| variant | seeds | train CE, last 50 its | loss_prompt_token, first → last 50 | '
+             'loss_prompt_cls, first → last 50 | val mIoU |',
+             '|---|---|---|---|---|---|']
+
+    def start_end(records, key):
+        if not any(key in r.get('curves', {}) for r in records):
+            return '–'
+        start = mean_std([_curve_start(r, key) for r in records])[0]
+        end = mean_std([_curve_end(r, key) for r in records])[0]
+        return f'{start:.3f} → {end:.3f}'
+
+    for variant in variants:
+        if variant.name not in runs:
+            continue
+        records = [runs[variant.name][s] for s in sorted(runs[variant.name])]
+        ce = mean_std([_curve_end(r, 'decode.loss_ce') for r in records])
+        lines.append(f'| {variant.name} | {len(records)} | {fmt(*ce, digits=3)} | '
+                     f'{start_end(records, "loss_prompt_token")} | '
+                     f'{start_end(records, "loss_prompt_cls")} | '
+                     f'{fmt(*mean_std([r["mIoU"] for r in records]))} |')
+    return '\n'.join(lines)
+
+
+def per_class_table(runs, variants, names: Sequence[str]) -> str:
+    shown = [v for v in variants if v.name in runs and v.name in names]
+    if not shown:
+        return '(no runs yet)'
+    classes = list(next(iter(runs[shown[0].name].values()))['per_class_iou'])
+    lines = ['| class | ' + ' | '.join(v.name for v in shown) + ' |',
+             '|---|' + '---|' * len(shown)]
+    for cls in classes:
+        cells = []
+        for variant in shown:
+            values = [r['per_class_iou'].get(cls) for r in runs[variant.name].values()]
+            values = [v for v in values if v is not None and not math.isnan(v)]
+            cells.append(fmt(*mean_std(values), digits=1))
+        lines.append(f'| {cls} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def runs_table(records: List[dict]) -> str:
+    lines = ['| variant | seed | mIoU | aAcc | iterations | train min | commit |',
+             '|---|---|---|---|---|---|---|']
+    for r in sorted(records, key=lambda r: (r['variant'], r['seed'])):
+        commit = (r.get('git_commit') or '')[:9]
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['mIoU']:.2f} | "
+                     f"{r.get('aAcc') or float('nan'):.2f} | {r.get('iterations')} | "
+                     f"{r['train_seconds'] / 60:.1f} | {commit} |")
+    return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------------------- plots
+def plot_miou(runs, variants, baseline: str, path: str, dataset: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    shown = [v for v in variants if v.name in runs]
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(shown) + 1.2))
+    for row, variant in enumerate(shown):
+        values = [r['mIoU'] for r in runs[variant.name].values()]
+        mean, std = mean_std(values)
+        color = 'tab:blue' if variant.group == 'main' else 'tab:orange'
+        ax.scatter(values, [row] * len(values), color=color, alpha=0.6, s=18, zorder=3)
+        if not math.isnan(std):
+            ax.errorbar(mean, row, xerr=std, color='black', capsize=3, lw=1, zorder=2)
+        ax.scatter([mean], [row], color='black', marker='|', s=120, zorder=4)
+    if baseline in runs:
+        ax.axvline(mean_std([r['mIoU'] for r in runs[baseline].values()])[0],
+                   color='gray', ls='--', lw=0.8, label=f'{baseline} mean')
+        ax.legend(loc='lower right', fontsize=8)
+    ax.set_yticks(range(len(shown)), [v.name for v in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f'{dataset} val mIoU (dots: seeds; bar: mean ± std)')
+    ax.grid(axis='x', alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _smooth(values: List[float], window: int = CURVE_TAIL) -> List[float]:
+    out = []
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1):i + 1]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
+def _mean_curve(records: List[dict], key: str):
+    curves = [(r['curves']['iter'], r['curves'][key]) for r in records
+              if key in r.get('curves', {}) and r['curves'][key]]
+    if not curves:
+        return None, None
+    length = min(len(c[1]) for c in curves)
+    iters = curves[0][0][:length]
+    mean = [sum(c[1][i] for c in curves) / len(curves) for i in range(length)]
+    return iters, _smooth(mean)
+
+
+def plot_curves(runs, variants, names: Sequence[str], path: str) -> List[Dict[str, str]]:
+    """Saves the curves; returns each panel's {variant: colour}."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    keys = (('decode.loss_ce', 'segmentation loss (decode head)'),
+            ('loss_prompt_token', 'weighted token metric loss'),
+            ('loss_prompt_cls', 'weighted CLS metric loss'))
+    shown = [v.name for v in variants if v.name in runs and v.name in names]
+    # One colour per variant in every panel: the metric-loss panels lack the variants
+    # without metric losses, and matplotlib's per-axes colour cycle would shift.
+    colors = {name: f'C{index % 10}' for index, name in enumerate(shown)}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (key, title) in zip(axes, keys):
+        for name in shown:
+            iters, curve = _mean_curve(list(runs[name].values()), key)
+            if iters is not None:
+                ax.plot(iters, curve, label=name, lw=1.2, color=colors[name])
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel('iteration')
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle('training curves (mean over seeds, 5-point moving average)', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    drawn = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in axes]
+    plt.close(fig)
+    return drawn
+
+
+def power_table(schedule_runs: Dict[str, Dict[str, Dict[int, dict]]], study: Study) -> str:
+    """Per schedule: the heads alone against VPT-Deep, and whether the margin clears
+    ``POWER_FACTOR`` times VPT-Deep's seed std (the study's power to tell variants apart)."""
+    heads, baseline = study.heads_only, study.baseline
+    lines = [f'| schedule | what it changes | {heads} | {baseline} | Δ {baseline} − {heads} '
+             f'(paired) | Δ / std({baseline}) | ≥ {POWER_FACTOR:g}× std? |',
+             '|---|---|---|---|---|---|---|']
+    for schedule in study.schedules:
+        runs = schedule_runs.get(schedule.name, {})
+        if heads not in runs or baseline not in runs:
+            continue
+        base_mean, base_std = mean_std([r['mIoU'] for r in runs[baseline].values()])
+        delta, delta_std, _ = paired_difference(runs, baseline, heads)
+        ratio = delta / base_std if base_std and not math.isnan(base_std) else math.nan
+        verdict = '–' if math.isnan(ratio) else ('**yes**' if ratio >= POWER_FACTOR else 'no')
+        main = ' (main)' if schedule.name == study.main_schedule else ''
+        lines.append(
+            f'| {schedule.name}{main} | {schedule.description or "the configs as written"} | '
+            f'{fmt(*mean_std([r["mIoU"] for r in runs[heads].values()]))} '
+            f'(n={len(runs[heads])}) | {fmt(base_mean, base_std)} (n={len(runs[baseline])}) | '
+            f'{signed(delta, delta_std)} | {"–" if math.isnan(ratio) else f"{ratio:.1f}"} | '
+            f'{verdict} |')
+    return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------------------ report
+def render_report(study: Study, records_by_schedule: Dict[str, List[dict]],
+                  report_path: str, plot_dir: str) -> Dict[str, str]:
+    """Writes the study's generated blocks into ``report_path`` and the plots; returns the
+    blocks. ``records_by_schedule``: every schedule's finished runs."""
+    schedule_runs = {name: by_variant(records)
+                     for name, records in records_by_schedule.items()}
+    runs = schedule_runs.get(study.main_schedule, {})
+    variants, reference, baseline = study.variants, study.reference, study.baseline
+    os.makedirs(plot_dir, exist_ok=True)
+    miou_png = osp.join(plot_dir, 'miou.png')
+    curves_png = osp.join(plot_dir, 'curves.png')
+    plot_miou(runs, variants, baseline, miou_png, study.dataset)
+    plot_curves(runs, variants, study.curve_variants, curves_png)
+    rel = lambda p: osp.relpath(p, osp.dirname(report_path))  # noqa: E731
+    main_names = [v.name for v in variants if v.group == 'main']
+    everything = [r for s in study.schedules for r in records_by_schedule.get(s.name, [])]
+    blocks = {
+        'power': power_table(schedule_runs, study),
+        'main': main_table(runs, variants, baseline),
+        'ablation': ablation_table(runs, variants, reference, baseline),
+        'training': training_table(runs, variants),
+        'per-class': per_class_table(runs, variants, main_names),
+        'plots': f'![val mIoU per variant]({rel(miou_png)})\n\n'
+                 f'![training curves]({rel(curves_png)})',
+        'runs': runs_table(everything),
+    }
+    for schedule in study.schedules:
+        if schedule.block:
+            extra = schedule_runs.get(schedule.name, {})
+            blocks[schedule.block] = main_table(extra, variants, baseline, names=list(extra)) \
+                if extra else '(no runs yet)'
+    text = open(report_path).read() if osp.exists(report_path) else f'# {study.title}\n'
+    for name in study.blocks:
+        text = replace_block(text, name, blocks.get(name, '(no runs yet)'))
+    with open(report_path, 'w') as f:
+        f.write(text)
+    return {name: blocks.get(name, '(no runs yet)') for name in study.blocks}

@@ -1,0 +1,145 @@
+"""tools/analysis_tools/benchmark.py end to end on the tiny setting: every variant, every field."""
+import json
+import os.path as osp
+import runpy
+
+import pytest
+
+import harness.benchmark as bm
+from tests.helpers import ROOT
+
+TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark.py')
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp('bench')
+    doc, raw = str(root / 'docs' / 'benchmarks.md'), str(root / 'bench.json')
+    argv = ['--setting', 'tiny', '--repeats', '2', '--iters', '1', '--warmup', '1',
+            '--threads', '1', '--device', 'cpu', '--out', doc, '--json', raw]
+    results = runpy.run_path(TOOL)['main'](argv)
+    return results, doc, raw, argv
+
+
+def test_every_variant_reports_every_field(run):
+    results, _, raw, _ = run
+    with open(raw) as f:
+        assert json.load(f)['variants'].keys() == set(bm.VARIANTS)
+    for variant, entry in results['variants'].items():
+        for name in bm.REQUIRED_FIELDS:
+            value = entry[name]
+            if name.endswith('_seconds'):
+                assert len(value) == 2 and all(v > 0 for v in value), (variant, name)
+            else:
+                assert bm.finite(value) and value >= 0, (variant, name, value)
+        assert entry['train_peak_bytes'] > 0 and entry['infer_peak_bytes'] > 0
+        assert entry['train_flops'] > entry['infer_flops'] > 0
+    assert results['variants']['vpt-deep']['train_ratio_vs_vpt_deep'] == 1.0
+    machine = results['machine']
+    for name in ('cpu', 'cores', 'threads', 'torch', 'timm', 'mmseg', 'device_name'):
+        assert machine[name], name
+    assert set(results['speedups']) >= {'mmseg-full/full', 'mmseg-frozen/linear'}
+
+
+def test_variants_compare_like_with_like(run):
+    entries = run[0]['variants']
+    # Same trainable sets: our backbone vs mmseg's (which has no patch-embedding bias).
+    embed_dim = bm.SETTINGS['tiny'].embed_dim
+    assert entries['mmseg-full']['trainable'] + embed_dim == entries['full']['trainable']
+    assert entries['mmseg-frozen']['trainable'] == entries['linear']['trainable']
+    assert entries['mmseg-frozen']['trainable_backbone'] == 0
+    assert entries['vpt-deep']['trainable'] == entries['da-vpt']['trainable']
+    assert entries['da-vpt+']['trainable'] > entries['da-vpt']['trainable']
+    assert entries['vpt-deep']['prompt_tokens'] == entries['da-vpt']['prompt_tokens']
+    assert entries['da-vpt']['guidance'] and not entries['vpt-deep']['guidance']
+    # Same tokens, same inference arithmetic; DA-VPT's guidance exists only in training.
+    assert entries['linear']['infer_flops'] == entries['mmseg-frozen']['infer_flops']
+    assert entries['da-vpt']['infer_flops'] == entries['vpt-deep']['infer_flops']
+    assert entries['da-vpt']['train_flops'] > entries['vpt-deep']['train_flops']
+
+
+def test_markdown_section_has_the_command_and_every_variant(run):
+    results, doc, _, argv = run
+    text = open(doc).read()
+    assert text.startswith('# Benchmarks')
+    assert '<!-- benchmark:tiny-cpu -->' in text
+    assert 'python tools/analysis_tools/benchmark.py ' + ' '.join(argv) in text
+    for variant in bm.VARIANTS:
+        assert f'| {variant} |' in text
+    assert 'Targets:' in text and 'DA-VPT training step' in text
+    assert 'load average' in text and results['machine']['cpu'] in text
+
+
+def test_doc_sections_are_replaced_not_duplicated(tmp_path):
+    doc = str(tmp_path / 'b.md')
+    bm.update_doc(doc, 'a', 'first\n')
+    with open(doc, 'a') as f:
+        f.write('\nhand-written notes\n')
+    bm.update_doc(doc, 'b', 'other\n')
+    bm.update_doc(doc, 'a', 'second\n')
+    text = open(doc).read()
+    assert text.count('<!-- benchmark:a -->') == 1 and 'second' in text
+    assert 'first' not in text and 'other' in text and 'hand-written notes' in text
+
+
+def test_bad_requests_are_clear_errors():
+    with pytest.raises(ValueError, match='must include'):
+        bm.run_benchmark(bm.SETTINGS['tiny'], ['da-vpt'])
+    with pytest.raises(ValueError, match='unknown setting'):
+        bm.resolve_setting('vit-h')
+    with pytest.raises(ValueError, match='multiple of the patch size'):
+        bm.resolve_setting('cpu', img_size=250)
+    assert bm.resolve_setting('gpu').name == 'vit-l-512'
+
+
+def test_bf16_checkpointing_and_a_forced_sdpa_backend_run(tmp_path):
+    """The GPU options, on the CPU: with_cp recomputes under the forced SDPA backend."""
+    results = runpy.run_path(TOOL)['main'](
+        ['--setting', 'tiny', '--variants', 'vpt-deep', 'da-vpt+', '--repeats', '1',
+         '--iters', '1', '--warmup', '0', '--threads', '1', '--device', 'cpu', '--amp',
+         'bf16', '--with-cp', '--sdpa', 'math', '--no-flops',
+         '--out', str(tmp_path / 'b.md')])
+    assert results['options']['with_cp'] and results['options']['amp'] == 'bf16'
+    assert '<!-- benchmark:tiny-cpu-bf16-cp -->' in open(tmp_path / 'b.md').read()
+    for entry in results['variants'].values():
+        assert entry['train_ms'] > 0 and 'train_flops' not in entry
+
+
+def test_memory_mode_measures_each_variant_in_a_fresh_process(tmp_path):
+    doc, raw = str(tmp_path / 'b.md'), str(tmp_path / 'memory.json')
+    results = runpy.run_path(TOOL)['main'](
+        ['--setting', 'tiny', '--memory', '--variants', 'mmseg-full', 'da-vpt', '--cp-modes',
+         'off', 'on', '--iters', '1', '--threads', '1', '--device', 'cpu', '--out', doc,
+         '--json', raw])
+    runs = results['runs']
+    assert [(r['variant'], r['with_cp']) for r in runs] == [
+        ('mmseg-full', False), ('da-vpt', False), ('mmseg-full', True), ('da-vpt', True)]
+    for run in runs:
+        assert 'error' not in run, run
+        # The absolute peak holds the baseline (interpreter + libraries) and the rise.
+        assert run['rss_baseline_bytes'] > 0 and run['peak_bytes'] > 0
+        assert run['peak_rss_bytes'] >= run['rss_baseline_bytes'] + run['peak_bytes'] - 2**20
+        assert run['rss_model_bytes'] >= run['rss_baseline_bytes']
+    text = open(doc).read()
+    assert '<!-- benchmark:memory-tiny-cpu -->' in text and '| da-vpt |' in text
+    assert 'peak − baseline' in text
+
+    # A later run completes the table row by row: its rows replace the same ones, the rest
+    # are kept in their order, and the section names both commands.
+    first = json.load(open(raw))
+    merged = runpy.run_path(TOOL)['main'](
+        ['--setting', 'tiny', '--memory', '--variants', 'da-vpt', '--cp-modes', 'on',
+         '--iters', '1', '--threads', '1', '--device', 'cpu', '--out', doc,
+         '--merge', raw, '--json', raw])
+    assert [(r['variant'], r['with_cp']) for r in merged['runs']] == \
+        [(r['variant'], r['with_cp']) for r in runs]
+    assert merged['runs'][:3] == first['runs'][:3]
+    assert merged['started'] >= first['finished']  # the new run's times head the section
+    assert merged['history'] == [{k: first[k] for k in ('command', 'started', 'finished')}]
+    assert json.load(open(raw))['runs'] == merged['runs']
+    text = open(doc).read()
+    assert text.count('<!-- benchmark:memory-tiny-cpu -->') == 1
+    assert first['command'] in text and '--merge' in text
+    with pytest.raises(ValueError, match='setting.name'):
+        from harness.benchmark import merge_memory_results
+        merge_memory_results(first, dict(merged, setting=dict(merged['setting'], name='x')))

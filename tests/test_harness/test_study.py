@@ -1,0 +1,415 @@
+"""Studies as data (configs/studies/*.py) and their runner, tools/study.py: the CamVid and CCP
+studies' variants, a third, tiny study made of a file alone and run for real through
+tools/train.py + tools/test.py, and the rendered reports (CamVid's re-renders unchanged)."""
+import json
+import math
+import os
+import os.path as osp
+import runpy
+import shutil
+
+import numpy as np
+import pytest
+from mmengine.config import Config, DictAction
+from PIL import Image
+
+from harness.study import report as study_report
+from harness.study.runner import config_diff, format_option, load_records, parse_train_log
+from harness.study.spec import StudyError, load_study
+from tests.helpers import ROOT
+
+STUDY_TOOL = osp.join(ROOT, 'tools', 'study.py')
+
+
+@pytest.fixture(scope='module')
+def camvid():
+    return load_study('camvid', ROOT)
+
+
+@pytest.fixture(scope='module')
+def ccp():
+    return load_study('ccp', ROOT)
+
+
+def test_cfg_options_survive_mmengine_parsing():
+    values = {'a': (11, ), 'b': [], 'c': True, 'd': 0.02, 'e': 'all_proxies', 'f': (3, 5),
+              'g': None, 'h': ()}
+    parsed = {}
+    for key, value in values.items():
+        k, v = format_option(key, value).split('=', 1)
+        parsed[k] = DictAction._parse_iterable(v)
+    assert parsed == values
+
+
+@pytest.mark.parametrize('name', ['camvid', 'ccp'])
+def test_every_variant_option_exists_in_its_config(name):
+    """A mistyped option would silently add a key that nothing reads."""
+    study = load_study(name, ROOT)
+    for variant in study.variants:
+        cfg = Config.fromfile(osp.join(ROOT, variant.config))
+        for key in variant.options:
+            node = cfg
+            for part in key.split('.')[:-1]:
+                node = node[part]
+            assert key.split('.')[-1] in node, f'{variant.name}: {key} is not in the config'
+
+
+@pytest.mark.parametrize('name', ['camvid', 'ccp'])
+def test_every_variant_builds(name):
+    """A variant whose settings contradict each other would fail only hours into a study."""
+    from mmseg.registry import MODELS
+    study = load_study(name, ROOT)
+    for variant in study.variants:
+        cfg = Config.fromfile(osp.join(ROOT, variant.config))
+        cfg.merge_from_dict(dict(variant.options))
+        model_cfg = cfg.model
+        model_cfg.backbone.init_cfg = None
+        MODELS.build(model_cfg)
+
+
+def test_config_diff_names_exactly_what_a_variant_changes(camvid):
+    diff = config_diff(ROOT, camvid, camvid.variant('pa-authors'))
+    assert diff == {
+        f'model.{loss}.{key}': value for loss in ('loss_prompt_token', 'loss_prompt_cls')
+        for key, value in (('alpha', [32., 160.]), ('margin', [0.1, 0.02]),
+                           ('positive_average', ['positive_proxies', 'all_proxies']))}
+    assert config_diff(ROOT, camvid, camvid.variant('davpt')) == {}
+    diff = config_diff(ROOT, camvid, camvid.variant('vpt-deep'))
+    assert diff['model.backbone.guided_blocks'] == [[8], []]
+    assert diff['model.loss_prompt_token'][1] is None
+
+
+@pytest.mark.parametrize('name', ['camvid', 'ccp'])
+def test_final_configs_are_the_variants_the_study_measured(name):
+    study = load_study(name, ROOT)
+    for variant_name, path in study.final_configs.items():
+        variant = study.variant(variant_name)
+        measured = Config.fromfile(osp.join(ROOT, variant.config))
+        measured.merge_from_dict(dict(variant.options))
+        for schedule_option, value in study.schedule().options.items():
+            measured.merge_from_dict({schedule_option: value})
+        assert Config.fromfile(osp.join(ROOT, path)).to_dict() == measured.to_dict(), \
+            variant_name
+
+
+def test_study_configs_build_their_tuning_modes(camvid):
+    from mmseg.registry import MODELS
+    trainable = {}
+    for name in ('linear', 'bias', 'vpt-deep', 'davpt', 'davpt-plus', 'full'):
+        cfg = Config.fromfile(osp.join(ROOT, camvid.variant(name).config))
+        model = MODELS.build(cfg.model)
+        trainable[name] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert model.backbone.trunk.patch_embed.patch_size == (14, 14)
+        assert model.backbone.embed_dim == 384 and model.backbone.depth == 12
+    assert trainable['linear'] < trainable['vpt-deep'] == trainable['davpt'] < \
+        trainable['davpt-plus'] < trainable['full']
+    assert trainable['linear'] < trainable['bias'] < trainable['full']
+    # 10 prompts of 384 in each of the 12 blocks; DA-VPT+ adds k/v offsets (2 x 384 each).
+    assert trainable['vpt-deep'] - trainable['linear'] == 12 * 10 * 384
+    assert trainable['davpt-plus'] - trainable['davpt'] == 12 * 2 * 384
+
+
+def test_sgd_recipe_puts_the_head_at_ten_times_the_lr(camvid):
+    from mmengine.optim import build_optim_wrapper
+    from mmseg.registry import MODELS
+    cfg = Config.fromfile(osp.join(ROOT, camvid.variant('sgd-authors').config))
+    model = MODELS.build(cfg.model)
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    assert type(optimizer).__name__ == 'SGD'
+    head = {id(p) for p in model.decode_head.parameters()}
+    lrs = {('head' if id(p) in head else 'other', g['lr']) for g in optimizer.param_groups
+           for p in g['params'] if p.requires_grad}
+    assert lrs == {('head', 1e-2), ('other', 1e-3)}
+    assert all(g['momentum'] == 0.9 and g['weight_decay'] == 0 for g in optimizer.param_groups)
+
+
+def test_study_files_with_mistakes_are_clear_errors(tmp_path):
+    bad = tmp_path / 'bad.py'
+    bad.write_text("dataset = 'X'\nconfig_dir = 'configs/camvid'\nresults_dir = 'r'\n"
+                   "report = 'r.md'\nreference = 'a'\nbaseline = 'a'\nvariant = []\n")
+    with pytest.raises(StudyError, match=r"missing \['variants'\].*unknown fields \['variant'\]"):
+        load_study(str(bad), ROOT)
+    bad.write_text("dataset = 'X'\nconfig_dir = 'configs/camvid'\nresults_dir = 'r'\n"
+                   "report = 'r.md'\nreference = 'a'\nbaseline = 'b'\n"
+                   "variants = [dict(name='a', config='nope.py', group='main', "
+                   "description='')]\n")
+    with pytest.raises(StudyError, match=r"names config configs/camvid/nope.py, which does "
+                                         'not exist'):
+        load_study(str(bad), ROOT)
+    with pytest.raises(StudyError, match=r"no study 'nosuch'.*\['camvid', 'ccp'"):
+        load_study('nosuch', ROOT)
+
+
+# ------------------------------------------------------------ a third study, from data alone
+TINY_STUDY = '''
+dataset = 'Tiny'
+config_dir = {config_dir!r}
+results_dir = {results!r}
+report = {report!r}
+work_root = {work!r}
+reference = 'tiny-davpt'
+baseline = 'tiny-vpt'
+heads_only = 'tiny-linear'
+variants = [
+    dict(name='tiny-linear', config='tiny_linear.py', group='main', description='heads'),
+    dict(name='tiny-vpt', config='tiny_vpt.py', group='main', description='VPT-Deep'),
+    dict(name='tiny-davpt', config='tiny_davpt.py', group='main', description='DA-VPT'),
+    dict(name='tiny-all', config='tiny_davpt.py', group='class assignment',
+         description='every class', options=dict(model=dict(class_assignment='all'))),
+]
+schedules = [dict(name='two', iters=2, description='2 iterations'),
+             dict(name='three', dir='three', iters=3, block='confirmation')]
+blocks = ['power', 'main', 'ablation', 'confirmation', 'per-class', 'plots', 'runs']
+'''
+TINY_DAVPT = '''
+_base_ = [{base!r}]
+crop_size = (28, 28)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(img_size=crop_size, timm_kwargs=dict(embed_dim=32, depth=4, num_heads=2),
+                  out_indices=(3, ), guided_blocks=(2, ), num_prompts=2,
+                  num_guided_prompts=2, num_extra_prompts=1, init_cfg=None),
+    decode_head=dict(num_classes=4, in_channels=32, channels=8, num_convs=1, up_scale=2),
+    background_classes=(0, ))
+train_pipeline = [
+    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+    dict(type='RandomCrop', crop_size=crop_size), dict(type='PackSegInputs')]
+test_pipeline = [
+    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+dataset = dict(type='BaseSegDataset', img_suffix='.jpg', seg_map_suffix='.png',
+               metainfo=dict(classes=('bg', 'a', 'b', 'c')))
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(dataset, pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False,
+                      dataset=dict(dataset, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+default_hooks = dict(logger=dict(interval=1))
+'''
+NO_GUIDANCE = '''
+_base_ = ['./tiny_davpt.py']
+model = dict(backbone=dict({extra}guided_blocks=(), num_guided_prompts=None,
+                           num_extra_prompts=None),
+             loss_prompt_token=None, loss_prompt_cls=None)
+custom_hooks = []
+'''
+
+
+def _write_layout(root: str, count: int = 3, size=(36, 30), seed: int = 0):
+    """An mmseg-layout dataset of 4 classes in blocks (class 0 the background)."""
+    rng = np.random.default_rng(seed)
+    for split in ('train', 'val'):
+        os.makedirs(osp.join(root, 'img_dir', split))
+        os.makedirs(osp.join(root, 'ann_dir', split))
+        for i in range(count):
+            label = np.kron(rng.integers(0, 4, (3, 3)), np.ones((12, 12), np.uint8))
+            label = label[:size[1], :size[0]].astype(np.uint8)
+            image = (rng.normal(60 * label[..., None], 20, (*label.shape, 3))).clip(0, 255)
+            Image.fromarray(image.astype(np.uint8)).save(
+                osp.join(root, 'img_dir', split, f'{i}.jpg'))
+            Image.fromarray(label).save(osp.join(root, 'ann_dir', split, f'{i}.png'))
+
+
+@pytest.fixture(scope='module')
+def tiny_study(tmp_path_factory):
+    """A study written as data only: a folder of configs and one study file."""
+    root = tmp_path_factory.mktemp('tiny_study')
+    configs = root / 'configs'
+    configs.mkdir()
+    base = osp.join(ROOT, 'configs', 'camvid', 'setr_pup_dinov2-s14_davpt_camvid.py')
+    (configs / 'tiny_davpt.py').write_text(TINY_DAVPT.format(base=base))
+    (configs / 'tiny_vpt.py').write_text(NO_GUIDANCE.format(extra=''))
+    (configs / 'tiny_linear.py').write_text(NO_GUIDANCE.format(extra='num_prompts=0, '))
+    _write_layout(str(root / 'data'))
+    path = root / 'tiny.py'
+    path.write_text(TINY_STUDY.format(config_dir=str(configs), results=str(root / 'results'),
+                                      report=str(root / 'report.md'),
+                                      work=str(root / 'work')))
+    return dict(path=str(path), root=root)
+
+
+def _study(*argv) -> int:
+    return runpy.run_path(STUDY_TOOL)['main'](list(map(str, argv)))
+
+
+@pytest.mark.slow
+def test_a_study_made_of_data_alone_runs_skips_and_reports(tiny_study):
+    root, path = tiny_study['root'], tiny_study['path']
+    run = [path, 'run', '--data-root', root / 'data', '--seeds', 3, '--threads', 1,
+           '--variants', 'tiny-linear', 'tiny-vpt', 'tiny-davpt', 'tiny-all']
+    assert _study(*run) == 0
+    with open(root / 'results' / 'tiny-davpt' / 'seed3.json') as f:
+        record = json.load(f)
+    assert record['seed'] == 3 and record['iterations'] == 2 and record['schedule'] == 'two'
+    assert 0 <= record['mIoU'] <= 100 and len(record['per_class_iou']) == 4
+    assert record['trainable_parameters'] > 0
+    assert record['curves']['iter'] == [1, 2] and len(record['curves']['loss_prompt_token']) == 2
+    assert record['mapping_updates'][0].startswith('initial mapping: [')
+    assert 'randomness.seed=3' in record['commands'][0]
+    work = root / 'work' / 'tiny-davpt' / 'seed3'
+    with open(work / 'test_metrics_ss.json') as f:
+        assert json.load(f)['mIoU'] == record['mIoU']
+    with open(root / 'results' / 'tiny-all' / 'seed3.json') as f:
+        assert json.load(f)['cfg_options'] == {'model.class_assignment': 'all'}
+
+    # A second run finds the JSONs and trains nothing.
+    shutil.move(str(root / 'work'), str(root / 'work_first'))
+    assert _study(*run) == 0
+    assert not osp.exists(root / 'work')
+    # Another schedule has its own folder and its own runs.
+    assert _study(path, 'run', '--schedule', 'three', '--data-root', root / 'data',
+                  '--seeds', 3, '--threads', 1, '--variants', 'tiny-vpt') == 0
+    with open(root / 'results' / 'three' / 'tiny-vpt' / 'seed3.json') as f:
+        assert json.load(f)['iterations'] == 3
+
+    (root / 'report.md').write_text('# Tiny\n\nHand-written findings stay.\n')
+    assert _study(path, 'report') == 0
+    text = (root / 'report.md').read_text()
+    assert 'Hand-written findings stay.' in text
+    for block in ('power', 'main', 'ablation', 'confirmation', 'per-class', 'plots', 'runs'):
+        assert text.count(f'<!-- BEGIN GENERATED: {block} -->') == 1
+    assert f"{record['mIoU']:.2f}" in text and '| class assignment | tiny-all |' in text
+    assert '| two (main) | 2 iterations |' in text  # the power table
+    assert osp.isfile(root / 'results' / 'plots' / 'miou.png')
+
+
+def test_curves_come_from_the_attempt_that_wrote_the_checkpoint(tmp_path):
+    """An interrupted run started again leaves an older timestamped folder with a partial
+    training log, and tools/test.py adds a newer one without training: the record must
+    describe the newest attempt that trained, not the first folder found."""
+    def attempt(stamp, iters, mapping_sizes, train=True):
+        folder = tmp_path / stamp
+        (folder / 'vis_data').mkdir(parents=True)
+        lines = ['trainable parameters: 1,234 of 9,999']
+        if train:
+            lines += [f'ClassPromptMappingHook: initial mapping: cluster sizes {mapping_sizes}']
+            lines += [f'Iter(train) [{i}/300]  loss: 1.0' for i in iters]
+            with open(folder / 'vis_data' / 'scalars.json', 'w') as f:
+                for i in iters:
+                    f.write(json.dumps({'loss': 1.0 / i, 'decode.loss_ce': 0.5, 'iter': i}))
+                    f.write('\n')
+                f.write(json.dumps({'mIoU': 40.0, 'step': iters[-1]}) + '\n')
+        (folder / f'{stamp}.log').write_text('\n'.join(lines) + '\n')
+
+    attempt('20261130_090000', [10, 20], '[3, 2]')  # interrupted at iteration 20
+    attempt('20261130_093000', [10, 20, 30], '[4, 1]')  # wrote the checkpoint
+    attempt('20261130_100000', [], None, train=False)  # tools/test.py
+    curves, mapping, trainable = parse_train_log(str(tmp_path))
+    assert curves['iter'] == [10, 20, 30]
+    assert curves['loss'][-1] == pytest.approx(1 / 30, abs=1e-5)
+    assert mapping == ['initial mapping: [4, 1]'] and trainable == 1234
+
+
+# ------------------------------------------------------------------------------ report
+def fake_record(variant, seed, miou, group='main'):
+    return dict(variant=variant, seed=seed, mIoU=miou, group=group, aAcc=90., iterations=600,
+                train_seconds=600., wall_seconds=660., trainable_parameters=1_500_000,
+                per_class_iou={'sky': miou + 1, 'road': miou - 1},
+                curves={'iter': [10, 20], 'decode.loss_ce': [1., .5]}, git_commit='abc')
+
+
+def test_paired_differences_and_spread():
+    records = [fake_record('vpt-deep', s, m) for s, m in ((0, 40.), (1, 44.), (2, 42.))] + \
+        [fake_record('davpt', s, m) for s, m in ((0, 41.), (1, 45.5), (3, 50.))]
+    runs = study_report.by_variant(records)
+    mean, std, n = study_report.paired_difference(runs, 'davpt', 'vpt-deep')
+    assert n == 2 and mean == pytest.approx(1.25) and std == pytest.approx(math.sqrt(0.125))
+    assert study_report.mean_std([40., 44., 42.]) == (42., 2.)
+    assert math.isnan(study_report.mean_std([1.])[1])
+    assert study_report.fmt(42., 2.) == '42.00 ± 2.00'
+
+
+def test_training_table_shows_where_the_losses_start_and_end(camvid):
+    guided = fake_record('davpt', 0, 39.)
+    guided['curves'].update(loss_prompt_token=[.5] + [.4] * 6 + [.1] * 5,
+                            loss_prompt_cls=[.9] * 12)
+    table = study_report.training_table(
+        study_report.by_variant([guided, fake_record('vpt-deep', 0, 40.)]), camvid.variants)
+    # the first logged value, then the mean of the last 5 logs (50 iterations)
+    assert '| davpt | 1 | 0.750 | 0.500 → 0.100 | 0.900 → 0.900 | 39.00 |' in table
+    assert '| vpt-deep | 1 | 0.750 | – | – | 40.00 |' in table
+
+
+def _render(study, records_by_schedule, tmp_path):
+    return study_report.render_report(study, records_by_schedule, str(tmp_path / 'r.md'),
+                                      str(tmp_path / 'plots'))
+
+
+def test_report_blocks_are_replaced_not_duplicated(tmp_path, camvid):
+    records = [fake_record('vpt-deep', s, 40. + s) for s in range(3)] + \
+        [fake_record('davpt', s, 39. + s) for s in range(3)] + \
+        [fake_record('detach-data', s, 41. + s, 'metric gradient') for s in range(2)]
+    for _ in range(2):
+        blocks = _render(camvid, {'300': records}, tmp_path)
+    text = open(tmp_path / 'r.md').read()
+    assert text.count('<!-- BEGIN GENERATED: ablation -->') == 1
+    assert blocks['confirmation'] == '(no runs yet)'
+    assert '| davpt |' in blocks['main'] and '-1.00 ± 0.00' in blocks['main']
+    assert '| metric gradient | detach-data |' in blocks['ablation']
+    assert '+2.00 ± 0.00' in blocks['ablation']  # detach-data vs davpt, paired
+    assert '| sky | 42.0 ± 1.0 | 41.0 ± 1.0 |' in blocks['per-class']
+    # fake_record's CE curve ends at 0.5 and has no metric losses
+    assert '| detach-data | 2 | 0.750 ± 0.000 | – | – | 41.50 ± 0.71 |' in blocks['training']
+
+
+def test_a_schedule_with_a_block_gets_its_own_table(tmp_path, camvid):
+    records = [fake_record('vpt-deep', 0, 40.), fake_record('davpt', 0, 39.)]
+    longer = [fake_record('vpt-deep', s, 45. + s) for s in range(2)] + \
+        [fake_record('davpt', s, 44.5 + s) for s in range(2)]
+    blocks = _render(camvid, {'300': records, 'confirm600': longer}, tmp_path)
+    assert '| davpt |' in blocks['confirmation'] and '-0.50 ± 0.00' in blocks['confirmation']
+    assert '**45.50 ± 0.71**' in blocks['confirmation']
+    assert '-1.00' in blocks['main'] and '45.50' not in blocks['main']
+
+
+def test_power_table_checks_the_margin_against_three_seed_stds(tmp_path, ccp):
+    weak = [fake_record('linear', s, 30. + s) for s in range(3)] + \
+        [fake_record('vpt-deep', s, 31. + s) for s in range(3)]  # +1 over std 1
+    strong = [fake_record('linear', s, 30. + 0.1 * s) for s in range(3)] + \
+        [fake_record('vpt-deep', s, 34. + 0.2 * s) for s in range(3)]  # +4.05 over std 0.2
+    table = _render(ccp, {'s300': weak, 's900': strong}, tmp_path)['power']
+    assert '| s300 (main) | 300 iterations | 31.00 ± 1.00 (n=3) | 32.00 ± 1.00 (n=3) | ' \
+        '+1.00 ± 0.00 | 1.0 | no |' in table
+    assert '| s900 | 900 iterations | 30.10 ± 0.10 (n=3) | 34.20 ± 0.20 (n=3) | ' \
+        '+4.10 ± 0.10 | 20.5 | **yes** |' in table
+
+
+def test_curves_keep_one_colour_per_variant_in_every_panel(tmp_path, camvid):
+    def record(variant, metric):
+        curves = {'iter': [10, 20], 'decode.loss_ce': [2., 1.]}
+        if metric:
+            curves.update(loss_prompt_token=[.5, .4], loss_prompt_cls=[.9, .8])
+        return dict(variant=variant, seed=0, mIoU=40., curves=curves)
+    runs = study_report.by_variant([record('vpt-deep', False), record('davpt', True)])
+    drawn = study_report.plot_curves(runs, camvid.variants, ['vpt-deep', 'davpt'],
+                                     str(tmp_path / 'curves.png'))
+    assert set(drawn[0]) == {'vpt-deep', 'davpt'} and set(drawn[1]) == {'davpt'}
+    assert drawn[0]['davpt'] == drawn[1]['davpt'] == drawn[2]['davpt'] != drawn[0]['vpt-deep']
+    assert os.path.getsize(tmp_path / 'curves.png') > 0
+
+
+def test_the_camvid_report_re_renders_unchanged_from_its_jsons(tmp_path, camvid):
+    committed = osp.join(ROOT, camvid.report)
+    report = tmp_path / 'docs' / 'results' / osp.basename(committed)
+    report.parent.mkdir(parents=True)
+    shutil.copy(committed, report)
+    records = {s.name: load_records(camvid.schedule_dir(ROOT, s)) for s in camvid.schedules}
+    assert len(records['300']) >= 40 and len(records['confirm600']) == 3
+    study_report.render_report(camvid, records, str(report),
+                               str(tmp_path / 'docs' / 'results' / 'camvid' / 'plots'))
+    assert report.read_text() == open(committed).read()
+
+
+@pytest.mark.slow
+def test_analyze_guidance_tool_on_a_tiny_config(tiny_study, capsys):
+    tool = runpy.run_path(osp.join(ROOT, 'tools', 'analysis_tools', 'analyze_guidance.py'))
+    config = str(tiny_study['root'] / 'configs' / 'tiny_davpt.py')
+    out = str(tiny_study['root'] / 'shares.json')
+    data = str(tiny_study['root'] / 'data')
+    assert tool['main']([config, '--batches', '1', '--init-batches', '1', '--out', out,
+                         '--cfg-options', f'train_dataloader.dataset.data_root={data}']) == 0
+    printed = capsys.readouterr().out
+    assert 'cluster sizes' in printed  # the initial k-means ran
+    shares = {row['name']: row for row in json.load(open(out))}
+    assert list(shares) == [f'prompts.{i}' for i in range(4)]
+    assert shares['prompts.2']['token'] > 0 and shares['prompts.3']['token'] == 0
+    assert shares['prompts.0']['ratio'] > 0
