@@ -28,7 +28,8 @@ JSON or YAML) with these fields::
     final_configs   {variant: config file} of the recommended variants, or {}
 
 ``options`` are nested dicts (``dict(model=dict(detach_data=True))``), passed to the tools
-as mmengine ``--cfg-options`` (``model.detach_data=True``).
+as mmengine ``--cfg-options`` (``model.detach_data=True``). Names starting with ``_`` are
+the file's own helpers (an option dict several variants share), not fields.
 """
 import os.path as osp
 from dataclasses import dataclass, field
@@ -151,7 +152,9 @@ def load_study(name_or_path: str, repo: str) -> Study:
     """Reads and checks a study file; every problem is a :class:`StudyError` naming it."""
     from mmengine.config import Config
     path = resolve_study_path(name_or_path, repo)
-    data = _plain(Config.fromfile(path).to_dict())
+    # Names starting with `_` are the file's own helpers (shared option dicts), not fields.
+    data = {key: value for key, value in _plain(Config.fromfile(path).to_dict()).items()
+            if not key.startswith('_')}
     missing = [key for key in _REQUIRED if key not in data]
     unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
     if missing or unknown:

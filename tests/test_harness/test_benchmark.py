@@ -62,7 +62,7 @@ def test_markdown_section_has_the_command_and_every_variant(run):
     results, doc, _, argv = run
     text = open(doc).read()
     assert text.startswith('# Benchmarks')
-    assert '<!-- benchmark:tiny-cpu -->' in text
+    assert '<!-- BEGIN GENERATED: benchmark:tiny-cpu -->' in text
     assert 'python tools/analysis_tools/benchmark.py ' + ' '.join(argv) in text
     for variant in bm.VARIANTS:
         assert f'| {variant} |' in text
@@ -78,7 +78,7 @@ def test_doc_sections_are_replaced_not_duplicated(tmp_path):
     bm.update_doc(doc, 'b', 'other\n')
     bm.update_doc(doc, 'a', 'second\n')
     text = open(doc).read()
-    assert text.count('<!-- benchmark:a -->') == 1 and 'second' in text
+    assert text.count('<!-- BEGIN GENERATED: benchmark:a -->') == 1 and 'second' in text
     assert 'first' not in text and 'other' in text and 'hand-written notes' in text
 
 
@@ -100,7 +100,7 @@ def test_bf16_checkpointing_and_a_forced_sdpa_backend_run(tmp_path):
          'bf16', '--with-cp', '--sdpa', 'math', '--no-flops',
          '--out', str(tmp_path / 'b.md')])
     assert results['options']['with_cp'] and results['options']['amp'] == 'bf16'
-    assert '<!-- benchmark:tiny-cpu-bf16-cp -->' in open(tmp_path / 'b.md').read()
+    assert '<!-- BEGIN GENERATED: benchmark:tiny-cpu-bf16-cp -->' in open(tmp_path / 'b.md').read()
     for entry in results['variants'].values():
         assert entry['train_ms'] > 0 and 'train_flops' not in entry
 
@@ -121,7 +121,7 @@ def test_memory_mode_measures_each_variant_in_a_fresh_process(tmp_path):
         assert run['peak_rss_bytes'] >= run['rss_baseline_bytes'] + run['peak_bytes'] - 2**20
         assert run['rss_model_bytes'] >= run['rss_baseline_bytes']
     text = open(doc).read()
-    assert '<!-- benchmark:memory-tiny-cpu -->' in text and '| da-vpt |' in text
+    assert '<!-- BEGIN GENERATED: benchmark:memory-tiny-cpu -->' in text and '| da-vpt |' in text
     assert 'peak − baseline' in text
 
     # A later run completes the table row by row: its rows replace the same ones, the rest
@@ -138,7 +138,7 @@ def test_memory_mode_measures_each_variant_in_a_fresh_process(tmp_path):
     assert merged['history'] == [{k: first[k] for k in ('command', 'started', 'finished')}]
     assert json.load(open(raw))['runs'] == merged['runs']
     text = open(doc).read()
-    assert text.count('<!-- benchmark:memory-tiny-cpu -->') == 1
+    assert text.count('<!-- BEGIN GENERATED: benchmark:memory-tiny-cpu -->') == 1
     assert first['command'] in text and '--merge' in text
     with pytest.raises(ValueError, match='setting.name'):
         from harness.benchmark import merge_memory_results

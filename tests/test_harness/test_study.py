@@ -235,9 +235,9 @@ def _study(*argv) -> int:
 def test_a_study_made_of_data_alone_runs_skips_and_reports(tiny_study):
     root, path = tiny_study['root'], tiny_study['path']
     run = [path, 'run', '--data-root', root / 'data', '--seeds', 3, '--threads', 1,
-           '--variants', 'tiny-linear', 'tiny-vpt', 'tiny-davpt', 'tiny-all']
+           '--variants', 'tiny-linear', 'tiny-vpt', 'tiny-all']
     assert _study(*run) == 0
-    with open(root / 'results' / 'tiny-davpt' / 'seed3.json') as f:
+    with open(root / 'results' / 'tiny-all' / 'seed3.json') as f:
         record = json.load(f)
     assert record['seed'] == 3 and record['iterations'] == 2 and record['schedule'] == 'two'
     assert 0 <= record['mIoU'] <= 100 and len(record['per_class_iou']) == 4
@@ -245,11 +245,12 @@ def test_a_study_made_of_data_alone_runs_skips_and_reports(tiny_study):
     assert record['curves']['iter'] == [1, 2] and len(record['curves']['loss_prompt_token']) == 2
     assert record['mapping_updates'][0].startswith('initial mapping: [')
     assert 'randomness.seed=3' in record['commands'][0]
-    work = root / 'work' / 'tiny-davpt' / 'seed3'
+    assert 'model.class_assignment=all' in record['commands'][0]
+    assert record['cfg_options'] == {'model.class_assignment': 'all'}
+    assert record['config_diff'] == {'model.class_assignment': ['random', 'all']}
+    work = root / 'work' / 'tiny-all' / 'seed3'
     with open(work / 'test_metrics_ss.json') as f:
         assert json.load(f)['mIoU'] == record['mIoU']
-    with open(root / 'results' / 'tiny-all' / 'seed3.json') as f:
-        assert json.load(f)['cfg_options'] == {'model.class_assignment': 'all'}
 
     # A second run finds the JSONs and trains nothing.
     shutil.move(str(root / 'work'), str(root / 'work_first'))
@@ -393,7 +394,7 @@ def test_the_camvid_report_re_renders_unchanged_from_its_jsons(tmp_path, camvid)
     report.parent.mkdir(parents=True)
     shutil.copy(committed, report)
     records = {s.name: load_records(camvid.schedule_dir(ROOT, s)) for s in camvid.schedules}
-    assert len(records['300']) >= 40 and len(records['confirm600']) == 3
+    assert len(records['300']) == 35 and len(records['confirm600']) == 3
     study_report.render_report(camvid, records, str(report),
                                str(tmp_path / 'docs' / 'results' / 'camvid' / 'plots'))
     assert report.read_text() == open(committed).read()

@@ -41,6 +41,7 @@ def _data_options(root):
     return [f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'val', 'test')]
 
 
+@pytest.mark.slow
 def test_train_then_test_single_and_multi_scale(tmp_path, synthetic_ade):
     work = str(tmp_path / 'train')
     _run('tools/train.py', DEMO, '--work-dir', work, '--cfg-options',
@@ -116,6 +117,7 @@ def test_tools_stop_on_a_missing_dataset(monkeypatch, tmp_path, config, hint):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU (gloo) path of the scripts')
+@pytest.mark.slow
 def test_dist_scripts_run_two_processes(tmp_path, synthetic_ade):
     """tools/dist_train.sh and dist_test.sh over torchrun, 2 CPU processes (gloo)."""
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', PYTHON=sys.executable,

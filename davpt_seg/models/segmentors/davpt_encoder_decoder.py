@@ -238,10 +238,10 @@ class DAVPTEncoderDecoder(EncoderDecoder):
         (their ``classes`` entry is meaningless) and take no part in the metric losses.
         """
         presence = self.present_classes(cell_labels)
-        valid = presence.any(dim=1)
-        weights = torch.where(valid[:, None], presence.float(),
-                              torch.ones_like(presence, dtype=torch.float))
-        return torch.multinomial(weights, 1).squeeze(1), valid
+        # The largest of independent uniform draws is uniform among the present classes:
+        # one tensor op, where torch.multinomial would wait for the device.
+        draws = torch.rand(presence.shape, device=presence.device).masked_fill(~presence, -1.)
+        return draws.argmax(dim=1), presence.any(dim=1)
 
     def assigned_pairs(self, cell_labels: torch.Tensor) -> torch.Tensor:
         """(B, C) bool: the (image, class) pairs that are the metric losses' data points at

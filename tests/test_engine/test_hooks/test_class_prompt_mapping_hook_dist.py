@@ -4,6 +4,7 @@ import datetime
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
@@ -71,6 +72,7 @@ def _train(rank: int, data_root: str, work_dir: str):
                os.path.join(work_dir, f'rank{rank}.pt'))
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_the_same_mapping(tmp_path, synthetic_ade):
     work_dir = str(tmp_path / 'work')
     os.makedirs(work_dir)
