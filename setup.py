@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 setup(
     name='davpt-seg',
-    version='0.1.0',
+    version='0.2.0',
     description='DA-VPT (Distribution-Aware Visual Prompt Tuning) for semantic '
     'segmentation with MMSegmentation 1.x',
     packages=find_packages(include=['davpt_seg', 'davpt_seg.*']),
