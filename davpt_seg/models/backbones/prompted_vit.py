@@ -232,6 +232,10 @@ class PromptedViT(BaseModule):
                 pos_drop_rate=drop_rate, drop_path_rate=drop_path_rate,
                 attn_layer=GuidedAttention, **timm_kwargs)
         except TypeError as error:  # other families reject the ViT arguments
+            if "'attn_layer'" in str(error):
+                raise TypeError(
+                    f'timm {timm.__version__} builds {arch!r} without attn_layer, which '
+                    'PromptedViT needs: install timm>=1.0.23 (setup.py pins it)') from error
             raise TypeError(f'{not_a_vit} ({error})') from error
         if not isinstance(trunk, VisionTransformer):
             raise TypeError(f'{not_a_vit} (it builds a {type(trunk).__name__})')
