@@ -8,6 +8,8 @@ bias offsets and q/k norms included): the very logits SDPA softmaxes. Training a
 pay nothing for it.
 """
 import math
+import os
+import os.path as osp
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -200,3 +202,87 @@ def overlay(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.
     from matplotlib import colormaps
     coloured = colormaps['jet'](heat)[..., :3] * 255
     return ((1 - alpha) * image_rgb + alpha * coloured).clip(0, 255).astype(np.uint8)
+
+
+def draw_prompt_attention(model, cfg, image_path: str, out: str,
+                          blocks: Optional[Sequence[int]] = None, softmax_over: str = 'all',
+                          only_present: bool = False, panel_size: int = 256, cols: int = 6,
+                          checkpoint_name: str = '') -> dict:
+    """The figure of ``tools/analysis_tools/visualize_prompt_attention.py`` for one image:
+    the image, the prediction, the CLS attention and, for each of ``blocks`` (default: the
+    guided blocks), every prompt's attention over the patches, titled with the classes it
+    stands for. Writes the PNG ``out``; returns its size, the panel titles, the raw maps and
+    the prediction. Raises ``ValueError`` for blocks without prompts."""
+    import mmcv
+
+    from ..deploy import inference_pipeline
+    load, prepare = inference_pipeline(cfg)
+    backbone = model.backbone
+    blocks = list(blocks) if blocks else list(backbone.guided_blocks)
+    if not blocks:
+        raise ValueError('the model has no guided blocks (model.backbone.guided_blocks=()); '
+                         'pass --blocks to see the plain prompts of some blocks')
+    for block in blocks:
+        if not 0 <= block < backbone.depth or not backbone.prompt_counts[block]:
+            raise ValueError(f'block {block} has no prompts (prompts per block: '
+                             f'{backbone.prompt_counts})')
+
+    loaded = load(dict(img_path=image_path))
+    image_bgr = loaded['img']
+    data = prepare(loaded)
+    batch = dict(inputs=[data['inputs']], data_samples=[data['data_samples']])
+    with torch.no_grad():
+        prediction = model.test_step(batch)[0].pred_sem_seg.data[0].cpu().numpy()
+        # The maps come from one whole-image backbone pass on the same preprocessed input
+        # (a sliding-window prediction would split the image into crops).
+        inputs = model.data_preprocessor(batch, False)['inputs']
+        with capture_block_inputs(backbone, blocks) as captured:
+            backbone(inputs)
+    patch_h, patch_w = backbone.patch_size
+    hw_shape = (math.ceil(inputs.shape[-2] / patch_h), math.ceil(inputs.shape[-1] / patch_w))
+    valid_hw = tuple(data['data_samples'].img_shape)
+
+    num_classes = model.decode_head.num_classes
+    class_names, palette = list(model.dataset_meta['classes']), model.dataset_meta['palette']
+    present = {class_names[c] for c in np.unique(prediction) if 0 <= c < len(class_names)}
+    mapping = getattr(model, 'class_prompt_mapping', None)
+    covered = prompt_class_names(mapping.class_to_prompt.cpu(), class_names) \
+        if mapping is not None else {}
+
+    image_rgb = image_bgr[..., ::-1]
+    panel_w, panel_h = panel_size_for(image_rgb.shape[:2], panel_size)
+    small = mmcv.imresize(np.ascontiguousarray(image_rgb), (panel_w, panel_h))
+    pred_small = mmcv.imresize(prediction.astype(np.int32), (panel_w, panel_h),
+                               interpolation='nearest')
+    panels = [('image', small),
+              ('prediction', (0.4 * small + 0.6 * colourise(pred_small, palette,
+                                                            num_classes)).astype(np.uint8))]
+    raw_maps = {}
+    for block in blocks:
+        guided = block in backbone.guided_blocks
+        result = prompt_attention_maps(backbone, block, captured[block], hw_shape,
+                                       softmax_over=softmax_over)
+        heat = upsample_map(result.cls_map, (patch_h, patch_w), valid_hw, (panel_h, panel_w))
+        panels.append((f'block {block}: CLS', overlay(small, heat)))
+        raw_maps[f'block{block}_cls'] = result.cls_map.numpy()
+        for prompt, attention in zip(result.prompt_indices, result.prompt_maps):
+            names = covered.get(prompt, []) if guided else []
+            if guided and not names:
+                continue  # a prompt no class maps to carries no class meaning
+            if only_present and not present.intersection(names):
+                continue
+            title = panel_title(prompt, names, present) if guided else \
+                f'block {block}, prompt {prompt}'
+            if guided and len(blocks) > 1:
+                title = f'b{block} ' + title
+            heat = upsample_map(attention, (patch_h, patch_w), valid_hw, (panel_h, panel_w))
+            panels.append((title, overlay(small, heat)))
+            raw_maps[f'block{block}_prompt{prompt}'] = attention.numpy()
+
+    note = f'{checkpoint_name} · softmax over {softmax_over} keys · * in prediction'
+    if mapping is not None and not bool(mapping.initialized):
+        note += ' · mapping not clustered yet (class c → prompt c mod M)'
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    size = render_figure(out, small, panels, panel_size, cols, note)
+    return dict(out=out, size=size, panels=[t for t, _ in panels], maps=raw_maps,
+                prediction=prediction)
