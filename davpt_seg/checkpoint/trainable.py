@@ -167,7 +167,14 @@ def export_trainable(src: str, dst: str, config: Optional[str] = None) -> dict:
     else:
         raise ValueError(f'{src!r} carries no config in its meta (not written by mmengine?): '
                          'pass the training config with --config')
-    model = build_model_from_checkpoint_cfg(cfg)
+    try:
+        model = build_model_from_checkpoint_cfg(cfg)
+    except (TypeError, ValueError, KeyError) as error:
+        if config is not None:
+            raise
+        raise ValueError(f'the config stored in {src!r} does not build today ({error}); it '
+                         'was written by an older davpt-seg: pass the training config with '
+                         '--config (the checkpoint itself loads)') from error
     pretrained = pretrained_path(model.backbone)
     if not pretrained:
         raise ValueError('the config\'s backbone has no init_cfg=dict(type="Pretrained", '

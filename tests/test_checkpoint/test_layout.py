@@ -100,3 +100,16 @@ def test_an_old_checkpoint_loads_strictly_and_exports(checkpoints):
     assert not any(k.startswith('class_mapping.') for k in state)
     fresh = MODELS.build(checkpoints['cfg']['model'])
     fresh.load_state_dict(state, strict=True)  # refills the trunk from the pretrained file
+
+
+def test_an_old_checkpoints_stored_config_asks_for_today_s(checkpoints, tmp_path):
+    """Its meta holds the 0.1 config (token_loss_weight, ...): the export says what to do."""
+    checkpoint = torch.load(checkpoints['old'], map_location='cpu', weights_only=False)
+    cfg = Config.fromstring(checkpoint['meta']['cfg'], file_format='.py')
+    cfg.model.token_loss_weight = 0.05
+    checkpoint['meta']['cfg'] = cfg.pretty_text
+    old = str(tmp_path / 'old_meta.pth')
+    torch.save(checkpoint, old)
+    with pytest.raises(SystemExit, match='written by an older davpt-seg: pass the training '
+                                         'config with --config'):
+        runpy.run_path(EXPORT)['main']([old, str(tmp_path / 'export.pth')])
