@@ -102,6 +102,29 @@ def _release_pinned_groups() -> List[str]:
     return released
 
 
+def _release_compiled_graphs() -> List[str]:
+    """Drops ``torch.compile``'s graphs, which hold the process group their collectives use.
+
+    Dynamo installs each compiled graph as a global (``__compiled_fn_*``) of the module whose
+    code it traced; ``torch._dynamo.reset()`` empties its caches but leaves those globals,
+    and a graph with a collective (the metric losses' gather) keeps the group through the
+    example values of its nodes. Returns the globals dropped.
+    """
+    dynamo = sys.modules.get('torch._dynamo')
+    if dynamo is None:  # nothing was compiled
+        return []
+    dynamo.reset()
+    dropped = []
+    for name, module in list(sys.modules.items()):
+        namespace = getattr(module, '__dict__', None)
+        if not isinstance(namespace, dict):
+            continue
+        for attr in [a for a in list(namespace) if a.startswith('__compiled_fn')]:
+            del namespace[attr]
+            dropped.append(f'{name}.{attr}')
+    return dropped
+
+
 def finish_distributed() -> None:
     """Destroys the process group, and gloo's threads with it, before the interpreter exits.
 
@@ -115,7 +138,8 @@ def finish_distributed() -> None:
     with "terminate called without an active exception" (the message of a ``std::thread``
     destroyed while still joinable: gloo's ``tcp::Loop`` destructor calls
     ``std::terminate`` in that case) after a successful run, failing torchrun. So: all ranks
-    meet at a barrier, the group is destroyed, its last references are released and
+    meet at a barrier, the group is destroyed, its last references (those above and
+    ``torch.compile``'s graphs, see ``_release_compiled_graphs``) are released and
     collected on this thread (which joins gloo's threads), and any gloo thread that still
     runs is reported. Call it once the runner is out of scope.
 
@@ -129,10 +153,14 @@ def finish_distributed() -> None:
     dist.barrier()
     dist.destroy_process_group()
     released = _release_pinned_groups()
+    graphs = _release_compiled_graphs()
     gc.collect()
     if released:
         print_log(f'finish_distributed: released the process group held by the default '
                   f'arguments of {released}', logger='current', level=logging.DEBUG)
+    if graphs:
+        print_log(f'finish_distributed: dropped the compiled graphs {graphs}',
+                  logger='current', level=logging.DEBUG)
     alive = [name for name in native_thread_names() if name in GLOO_THREAD_NAMES]
     if alive:
         # stderr, not the logger: mmengine's logger only shows errors on ranks other than 0.

@@ -73,3 +73,21 @@ def test_a_group_still_referenced_is_reported(gloo_group, capfd):
     finish_distributed()
     assert 'gloo threads' in capfd.readouterr().err
     del model
+
+
+def test_finish_distributed_drops_compiled_graphs_holding_the_group(gloo_group, capfd):
+    """torch.compile keeps a graph with a collective as a module global that holds the
+    group, even after torch._dynamo.reset() (the gathered metric losses with compile=True)."""
+    from torch.distributed._functional_collectives import all_gather_single
+    torch._dynamo.reset()
+
+    def gather_twice(tensor):
+        return all_gather_single(tensor, 0, dist.group.WORLD) * 2
+
+    compiled = torch.compile(gather_twice, fullgraph=True, backend='eager')
+    assert torch.equal(compiled(torch.ones(2)), torch.full((2, ), 2.))
+    del compiled
+    finish_distributed()
+    assert not dist.is_initialized() and not _gloo_threads()
+    assert 'gloo threads' not in capfd.readouterr().err
+    assert not [name for name in globals() if name.startswith('__compiled_fn')]

@@ -54,7 +54,9 @@ class ClassPromptMapping(nn.Module):
     Buffers:
         class_to_prompt (C,): the mapping; until clustered, class ``c`` → prompt ``c mod M``.
         centroids (M, D): the k-means centres behind the mapping (warm start of updates).
-        class_sum (C, D), class_count (C,): class statistics gathered since the last update.
+        class_sum (C, D), class_count (C,): class statistics gathered since the last update
+            (in distributed training, between iterations rank 0 holds the sum over ranks
+            and the others zeros: see ``ClassPromptMappingHook``).
         initialized (): whether the mapping came from clustering.
     """
 

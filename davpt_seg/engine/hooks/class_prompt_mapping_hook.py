@@ -3,6 +3,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.distributed as torch_dist
 from mmengine.dataset import DefaultSampler
 from mmengine.dist import all_reduce, broadcast, get_rank, get_world_size
 from mmengine.hooks import Hook
@@ -30,6 +31,13 @@ class ClassPromptMappingHook(Hook):
     In distributed training the statistics are summed over processes before clustering and
     the result is broadcast from rank 0, so every process holds the identical mapping. The
     clustering itself, with its edge cases, is :meth:`ClassPromptMapping.recluster`.
+
+    Resume is exact in distributed training: after every iteration the processes' new
+    statistics are summed into rank 0's buffers and the other ranks' are zeroed, so the
+    checkpoint (written by rank 0 alone) holds everything gathered since the last update;
+    after loading one, every rank but 0 zeroes the statistics it loaded, so that they count
+    once. Per iteration: two reduces (``num_classes x width`` and ``num_classes`` floats),
+    which do not wait for the device.
 
     Args:
         init_batches: batches per process of the initial pass; ``None``: the whole
@@ -76,6 +84,10 @@ class ClassPromptMappingHook(Hook):
                 "model_wrapper_cfg=dict(type='MMDistributedDataParallel', "
                 'broadcast_buffers=False) (mmengine\'s default).')
         self._mapping = mapping
+        if get_rank() != 0:
+            # The statistics of a loaded checkpoint are the sum over all ranks (see
+            # _sum_statistics_into_rank_zero): rank 0 keeps them, the others count them once.
+            mapping.reset_statistics()
         loader = runner.train_dataloader
         self._interval = self.interval if self.interval is not None else math.ceil(
             len(loader.dataset) / (_batch_size(loader) * get_world_size()))
@@ -97,8 +109,11 @@ class ClassPromptMappingHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
-        if self._mapping is None or not self._interval or \
-                not self.every_n_train_iters(runner, self._interval):
+        if self._mapping is None:
+            return
+        # Before the CheckpointHook (priority VERY_LOW) saves at this iteration.
+        self._sum_statistics_into_rank_zero()
+        if not self._interval or not self.every_n_train_iters(runner, self._interval):
             return
         mapping = self._mapping
         update = self._recluster(mapping.class_sum.clone(), mapping.class_count.clone(),
@@ -107,8 +122,19 @@ class ClassPromptMappingHook(Hook):
             mapping.reset_statistics()
 
     # ----------------------------------------------------------------------------- parts
+    def _sum_statistics_into_rank_zero(self):
+        """Rank 0's statistics become the sum over ranks, the others' zero: the sum over
+        ranks is unchanged, and rank 0 alone (which writes checkpoints) holds all of it."""
+        if get_world_size() == 1:
+            return
+        for buffer in (self._mapping.class_sum, self._mapping.class_count):
+            torch_dist.reduce(buffer, dst=0)
+            if get_rank() != 0:
+                buffer.zero_()
+
     def _recluster(self, sums: torch.Tensor, counts: torch.Tensor, what: str):
-        # Each process holds the statistics of its own batches: sum them once.
+        # The initial pass: each process holds the statistics of its own batches; updates:
+        # rank 0 holds them all, the others zeros. Either way, the sum is the whole.
         all_reduce(sums, op='sum')
         all_reduce(counts, op='sum')
         update = self._mapping.recluster(sums, counts, seed=self.seed, max_iter=self.max_iter)

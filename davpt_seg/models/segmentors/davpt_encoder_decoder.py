@@ -115,6 +115,10 @@ class DAVPTEncoderDecoder(EncoderDecoder):
         self.embedding_pairing = embedding_pairing
         self.detach_data = detach_data
         self.background_classes = tuple(background_classes)
+        # A device tensor made once: building it per step would copy it to the device.
+        background = torch.zeros(num_classes, dtype=torch.bool)
+        background[list(self.background_classes)] = True
+        self.register_buffer('_background', background, persistent=False)
 
         guided_blocks = tuple(getattr(self.backbone, 'guided_blocks', ()))
         losses = {role: MODELS.build(cfg) for role, cfg in (
@@ -162,7 +166,15 @@ class DAVPTEncoderDecoder(EncoderDecoder):
     def prompt_losses(self, aux: TrunkAuxiliary, data_samples: SampleList) -> dict:
         """The metric losses of one training batch, keyed by their ``loss_name``; also adds
         the batch's class statistics to the mapping's (training only)."""
-        cell_labels = self.patch_cell_labels(data_samples, aux.hw_shape)
+        return self.prompt_losses_on_cells(
+            aux, self.patch_cell_labels(data_samples, aux.hw_shape))
+
+    def prompt_losses_on_cells(self, aux: TrunkAuxiliary, cell_labels: torch.Tensor) -> dict:
+        """:meth:`prompt_losses` given the patch cells' labels (B, H*W).
+
+        Tensor ops only, with shapes that do not depend on the data: the step never waits
+        for the device here, and ``torch.compile(fullgraph=True)`` traces it whole.
+        """
         if self.training:
             self.class_prompt_mapping.accumulate(*self.class_statistics(aux, cell_labels))
         pairs = self.assigned_pairs(cell_labels)  # (B, C) bool: the losses' data points
@@ -190,14 +202,18 @@ class DAVPTEncoderDecoder(EncoderDecoder):
 
     def _pool_tokens(self, patches: torch.Tensor, cell_labels: torch.Tensor,
                      pairs: torch.Tensor) -> torch.Tensor:
-        """(B, C, width): each class's mean patch embedding in each image (``region``), or
-        the image's mean embedding for every class (``image``); rows of pairs that are not
-        data points are whatever the pooling gives and are masked by the loss."""
-        if self.token_pooling == 'image':
-            return patches.mean(1)[:, None].expand(-1, pairs.shape[1], -1)
-        region = self._one_hot_classes(cell_labels, exclude_background=False).float()
-        weights = region / region.sum(dim=1, keepdim=True).clamp(min=1)  # (B, N, C)
-        return torch.einsum('bnc,bnd->bcd', weights, patches.float()).to(patches.dtype)
+        """(B, C, width) float32: each class's mean patch embedding in each image
+        (``region``), or the image's mean embedding for every class (``image``); rows of
+        pairs that are not data points are whatever the pooling gives and are masked by the
+        loss. Float32 with autocast disabled, as the loss computes (ProxyAnchorLoss)."""
+        with torch.autocast(device_type=patches.device.type, enabled=False):
+            patches = patches.float()
+            if self.token_pooling == 'image':
+                return patches.mean(1)[:, None].expand(-1, pairs.shape[1], -1)
+            region = self._one_hot_classes(cell_labels, exclude_background=False).float()
+            # Weights that sum to one per class: the pooled token is a mean, never a sum.
+            weights = region / region.sum(dim=1, keepdim=True).clamp(min=1)  # (B, N, C)
+            return torch.einsum('bnc,bnd->bcd', weights, patches)
 
     # -------------------------------------------------------------- labels on the token grid
     def patch_cell_labels(self, data_samples: SampleList,
@@ -220,11 +236,11 @@ class DAVPTEncoderDecoder(EncoderDecoder):
         num_classes = self.decode_head.num_classes
         eligible = (cell_labels >= 0) & (cell_labels < num_classes) & \
             (cell_labels != self.decode_head.ignore_index)
-        if exclude_background and self.background_classes:
-            eligible &= ~torch.isin(cell_labels,
-                                    cell_labels.new_tensor(self.background_classes))
         safe = torch.where(eligible, cell_labels, torch.full_like(cell_labels, num_classes))
-        return F.one_hot(safe, num_classes + 1)[..., :num_classes].bool()
+        one_hot = F.one_hot(safe, num_classes + 1)[..., :num_classes].bool()
+        if exclude_background and self.background_classes:
+            one_hot &= ~self._background
+        return one_hot
 
     def present_classes(self, cell_labels: torch.Tensor) -> torch.Tensor:
         """(B, C) bool: the classes each image may be assigned (present, not background)."""
@@ -258,15 +274,19 @@ class DAVPTEncoderDecoder(EncoderDecoder):
         """Per-class sums and counts of the mapping's class representation for this batch.
 
         Every class present in an image contributes once per image: ``region`` its mean
-        last-block patch token, ``cls`` the image's CLS token.
+        last-block patch token, ``cls`` the image's CLS token. Float32 with autocast
+        disabled: under mixed precision these sums would be half precision, and an
+        overflow to inf would reach the mapping's statistics (NaN class means at the next
+        re-clustering).
         """
-        one_hot = self._one_hot_classes(cell_labels, exclude_background=False).float()
-        present = one_hot.any(dim=1).float()  # (B, C)
-        if self.class_prompt_mapping.representation == 'region':
-            weights = one_hot / one_hot.sum(dim=1, keepdim=True).clamp(min=1)
-            per_image = torch.einsum('bnc,bnd->bcd', weights, aux.last_patches.float())
-            return per_image.sum(dim=0), present.sum(dim=0)
-        return present.t() @ aux.last_cls.float(), present.sum(dim=0)
+        with torch.autocast(device_type=aux.last_patches.device.type, enabled=False):
+            one_hot = self._one_hot_classes(cell_labels, exclude_background=False).float()
+            present = one_hot.any(dim=1).float()  # (B, C)
+            if self.class_prompt_mapping.representation == 'region':
+                weights = one_hot / one_hot.sum(dim=1, keepdim=True).clamp(min=1)
+                per_image = torch.einsum('bnc,bnd->bcd', weights, aux.last_patches.float())
+                return per_image.sum(dim=0), present.sum(dim=0)
+            return present.t() @ aux.last_cls.float(), present.sum(dim=0)
 
     @torch.no_grad()
     def compute_class_statistics(self, inputs: torch.Tensor, data_samples: SampleList,

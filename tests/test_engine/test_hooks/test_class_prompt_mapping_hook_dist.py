@@ -1,32 +1,17 @@
 """Two CPU processes (gloo) train with ClassPromptMappingHook, end with one mapping, and tear
 the process group down (gloo's threads included) before exiting."""
-import datetime
 import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 from mmengine.config import Config
 
-WORLD_SIZE = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+from tests.helpers.distributed import WORLD_SIZE, free_port, init_gloo_worker
 
 
 def _worker(rank: int, port: int, data_root: str, work_dir: str):
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), OMP_NUM_THREADS='1')
-    torch.set_num_threads(1)
-    # mmengine's 'pytorch' launcher calls torch.cuda.set_device, which fails without a GPU;
-    # with the process group already up, the Runner uses it as it is.
-    torch_dist.init_process_group('gloo', rank=rank, world_size=WORLD_SIZE,
-                                  timeout=datetime.timedelta(seconds=120))
+    init_gloo_worker(rank, port)
     from davpt_seg.launch import finish_distributed, native_thread_names
     _train(rank, data_root, work_dir)  # the runner is out of scope when it returns
     before = native_thread_names()
@@ -38,11 +23,13 @@ def _worker(rank: int, port: int, data_root: str, work_dir: str):
 def _train(rank: int, data_root: str, work_dir: str):
     from mmengine.runner import Runner
 
-    from tests.helpers import tiny_train_cfg
+    from tests.helpers import NUM_CLASSES, tiny_train_cfg
     from davpt_seg.models import ClassPromptMapping, DAVPTEncoderDecoder
 
     local_initial, calls = [], []
+    own = torch.zeros(NUM_CLASSES)  # this process's training statistics since the last update
     compute = DAVPTEncoderDecoder.compute_class_statistics
+    accumulate = ClassPromptMapping.accumulate
     recluster = ClassPromptMapping.recluster
 
     def counting_compute(self, *args, **kwargs):
@@ -50,12 +37,20 @@ def _train(rank: int, data_root: str, work_dir: str):
         local_initial.append(counts.clone())
         return sums, counts
 
+    def recording_accumulate(self, class_sum, class_count):
+        own.add_(class_count)
+        return accumulate(self, class_sum, class_count)
+
     def recording_recluster(self, class_sum, class_count, **kwargs):
-        # class_count: what the hook clusters; self.class_count: this process's own.
-        calls.append(dict(clustered=class_count.clone(), local=self.class_count.clone()))
+        # class_count: what the hook clusters; own: what this process gathered;
+        # self.class_count: what its buffer holds.
+        calls.append(dict(clustered=class_count.clone(), local=own.clone(),
+                          buffer=self.class_count.clone()))
+        own.zero_()
         return recluster(self, class_sum, class_count, **kwargs)
 
     DAVPTEncoderDecoder.compute_class_statistics = counting_compute
+    ClassPromptMapping.accumulate = recording_accumulate
     ClassPromptMapping.recluster = recording_recluster
 
     # 8 images, 2 per batch, 2 processes: one epoch is 2 iterations, so updates at 2 and 4.
@@ -76,7 +71,7 @@ def _train(rank: int, data_root: str, work_dir: str):
 def test_two_processes_end_with_the_same_mapping(tmp_path, synthetic_ade):
     work_dir = str(tmp_path / 'work')
     os.makedirs(work_dir)
-    mp.spawn(_worker, args=(_free_port(), synthetic_ade, work_dir), nprocs=WORLD_SIZE)
+    mp.spawn(_worker, args=(free_port(), synthetic_ade, work_dir), nprocs=WORLD_SIZE)
     results = [torch.load(os.path.join(work_dir, f'rank{r}.pt'), weights_only=True)
                for r in range(WORLD_SIZE)]
     first, second = results
@@ -95,12 +90,15 @@ def test_two_processes_end_with_the_same_mapping(tmp_path, synthetic_ade):
     assert not torch.equal(first['local_initial'], second['local_initial'])
     for result in results:
         assert torch.equal(result['calls'][0]['clustered'], total)
-    # Updates: each process's training statistics were summed once.
+    # Updates: each process's training statistics were summed once; after every
+    # iteration rank 0's buffers hold the sum and rank 1's nothing (what a checkpoint saves).
     for index in (1, 2):
         calls = [r['calls'][index] for r in results]
         assert torch.equal(calls[0]['clustered'], calls[1]['clustered'])
         assert torch.equal(calls[0]['clustered'], calls[0]['local'] + calls[1]['local'])
         assert calls[0]['local'].sum() > 0 and calls[1]['local'].sum() > 0
+        assert torch.equal(calls[0]['buffer'], calls[0]['clustered'])
+        assert not calls[1]['buffer'].any()
 
     # Teardown: gloo's threads ran after training, and none survives into interpreter exit
     # (where their destruction order against the peer's exit could abort the process).
