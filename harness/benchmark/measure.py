@@ -53,22 +53,18 @@ class HostMemory:
         self.resettable = False
 
     def start(self):
-        try:
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')
-            self.resettable = True
-        except OSError:
-            self.resettable = False
+        self.resettable = self.reset_peak()
         self.baseline_kib = _proc_status_kib('VmRSS')
 
-    def reset_peak(self):
+    def reset_peak(self) -> bool:
         """Restarts the high-water mark at the current RSS, keeping the baseline: the next
-        peak is one phase's, over the same pre-build baseline."""
+        peak is one phase's, over the same pre-build baseline. False where it cannot."""
         try:
             with open('/proc/self/clear_refs', 'w') as f:
                 f.write('5')
+            return True
         except OSError:
-            pass
+            return False
 
     def peak_bytes(self) -> Optional[int]:
         peak = _proc_status_kib('VmHWM')

@@ -35,7 +35,7 @@ def machine_lines(machine: dict, options: dict) -> List[str]:
     return [
         f"- Machine: {machine['cpu']}, {machine['cores']} cores available, "
         f"{options['threads']} torch thread(s); device `{device}`"
-        f"{'' if device == 'cpu' else ' (' + machine['device_name'] + ')'}; "
+        f"{'' if device == 'cpu' else ' (' + str(machine.get('device_name')) + ')'}; "
         f"{machine['platform']}",
         f"- Software: torch {machine['torch']}, timm {machine['timm']}, mmseg "
         f"{machine['mmseg']}, mmcv {machine['mmcv']}, mmengine {machine['mmengine']}, "

@@ -12,7 +12,8 @@ How it measures: one worker process (``measure.py``) per (variant, ``with_cp``) 
 model; the modes (precision, compiled or eager) switch inside it, so a mode costs no model
 build. Per ``with_cp`` group every mode is first warmed up in every worker (compiling where
 asked), its peak memory taken over one more step; then the timed rounds: each round times
-every (mode, variant) pair once, rotating both orders, so load changes hit all pairs alike.
+every (mode, variant) pair once, model by model with each model's modes back to back,
+rotating both orders, so load changes hit all pairs alike.
 Ratios are medians of per-round ratios: against VPT-Deep in the same mode, against the same
 worker's fp32 eager mode, and, for compiled modes, against the same worker's eager mode at
 the same precision. The smoke training runs first (correctness before speed), then the
@@ -114,8 +115,8 @@ def smoke_train(setting: Setting, config: str = SMOKE_CONFIG, iters: int = 50,
     torch.set_num_threads(threads)
     root = tempfile.mkdtemp(prefix='davpt-smoke-')
     try:
-        # Twice the crop, so that the random resize and crop have something to do.
-        image_size = 2 * setting.img_size
+        # ADE20K's images are about the crop's size; the pipeline resizes them 0.5-2x.
+        image_size = setting.img_size
         data_root = make_ade_like_dataset(osp.join(root, 'data'), num_train=SMOKE_IMAGES,
                                           size=image_size, num_classes=MAX_CLASSES,
                                           splits=('training', ))
@@ -255,7 +256,7 @@ def run_suite(setting: Setting, variants: Sequence[str] = SUITE_VARIANTS,
             continue
         stage = time.monotonic()
         _run_group(context, setting, variants, modes, dict(options, with_cp=with_cp),
-                   repeats, iters, warmup, over_budget, progress, results)
+                   repeats, iters, warmup, over_budget, progress, results, update)
         results['stage_seconds'][group] = time.monotonic() - stage
         update()
     update()
@@ -265,7 +266,7 @@ def run_suite(setting: Setting, variants: Sequence[str] = SUITE_VARIANTS,
 def _run_group(context, setting: Setting, variants: List[str], modes: List[dict],
                options: dict, repeats: int, iters: int, warmup: int,
                over_budget: Callable[[], bool], progress: Callable[[str], None],
-               results: dict):
+               results: dict, update: Callable[[], None]):
     with_cp = options['with_cp']
     cp_text = f'with_cp {"on" if with_cp else "off"}'
     worker_options = dict(options, amp=None, compile=any(m['compile'] for m in modes))
@@ -279,6 +280,7 @@ def _run_group(context, setting: Setting, variants: List[str], modes: List[dict]
         row = dict(variant=variant, with_cp=with_cp, precision=mode['precision'],
                    compile=mode['compile'], note=VARIANT_NOTES[variant])
         rows[(variant, mode_name(**mode))] = row
+        results['rows'].append(row)  # now, so that every update shows it
         return row
 
     try:
@@ -289,8 +291,8 @@ def _run_group(context, setting: Setting, variants: List[str], modes: List[dict]
             except (RuntimeError, OSError) as error:
                 for mode in modes:
                     new_row(variant, mode)['error'] = _first_line(error)
-        results['machine'].setdefault('device_name', next(
-            (info['device_name'] for info in infos.values()), None))
+        results['machine']['device_name'] = results['machine'].get('device_name') or next(
+            (info['device_name'] for info in infos.values()), None)
         active = []  # (mode, variants that warmed up in it)
         for mode in modes:
             name = mode_name(**mode)
@@ -321,14 +323,19 @@ def _run_group(context, setting: Setting, variants: List[str], modes: List[dict]
                     time.monotonic() - stage
             progress(f'  {name}: warmed up in {time.monotonic() - stage:.1f} s')
             active.append((mode, ready))
+            update()
         for round_index in range(repeats):
             if round_index and over_budget():
                 results['skipped'].append(dict(
                     stage=f'{cp_text}: rounds {round_index + 1}-{repeats}',
                     reason='time budget'))
                 break
-            for mode, ready in _rotated(active, round_index):
-                for variant in _rotated(list(ready), round_index):
+            # Model by model, each in all its modes back to back: the modes' ratios (what
+            # the suite is about) compare steps seconds apart, even on a loaded machine.
+            for variant in _rotated(list(infos), round_index):
+                for mode, ready in _rotated(active, round_index):
+                    if variant not in ready:
+                        continue
                     row = rows[(variant, mode_name(**mode))]
                     try:
                         workers[variant].ask('mode', mode)
@@ -339,10 +346,10 @@ def _run_group(context, setting: Setting, variants: List[str], modes: List[dict]
             progress(f'  round {round_index + 1}/{repeats}: ' + ', '.join(
                 f'{v} {name} {1e3 * rows[(v, name)]["step_seconds"][-1]:.0f} ms'
                 for m, ready in active for name in [mode_name(**m)] for v in ready))
+            update()
     finally:
         for worker in workers.values():
             worker.stop()
-    results['rows'].extend(rows.values())
 
 
 def summarise_suite(results: dict):

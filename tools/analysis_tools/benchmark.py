@@ -165,9 +165,9 @@ def _report(args, results: dict, command: str, markdown: str, key: str,
         if not quiet:
             print(f'updated {args.out} (section {key})')
     if args.json:
+        from harness.markdown import write_atomically
         os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=1)
+        write_atomically(args.json, json.dumps(results, indent=1))
     return results
 
 
