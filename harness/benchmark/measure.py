@@ -447,13 +447,16 @@ def loadavg() -> Optional[Tuple[float, float, float]]:
         return None
 
 
-def _start_context(method: str):
+def _start_context(method: str, device: str = 'cpu'):
     if method == 'auto':
-        # forkserver: one clean server process imports torch/mmseg once and forks the
+        # CPU: forkserver: one clean server process imports torch/mmseg once and forks the
         # workers, which is fast. A plain fork of *this* process hangs the workers when it
         # has already run OpenMP-parallel torch ops (e.g. inside a test session), and
-        # spawn re-imports everything per worker.
-        method = 'forkserver' if 'forkserver' in mp.get_all_start_methods() else 'spawn'
+        # spawn re-imports everything per worker. An accelerator: spawn. Importing mmengine
+        # asks torch.cuda.is_available(), which "poisons" fork: a process forked after it
+        # (by the forkserver after its preload, too) cannot initialise CUDA.
+        method = 'spawn' if device != 'cpu' or 'forkserver' not in \
+            mp.get_all_start_methods() else 'forkserver'
     context = mp.get_context(method)
     if method == 'forkserver':
         context.set_forkserver_preload(['harness.benchmark.measure', 'davpt_seg'])
@@ -477,7 +480,7 @@ def run_benchmark(setting: Setting, variants: Sequence[str] = VARIANTS, repeats:
         raise ValueError(f'sdpa={sdpa!r} is not one of {SDPA_BACKENDS}')
     variants = list(dict.fromkeys(variants))
     options = dict(device=device, amp=amp, with_cp=with_cp, threads=threads, sdpa=sdpa)
-    context, method = _start_context(start_method)
+    context, method = _start_context(start_method, device)
     results = dict(setting=asdict(setting), options=dict(options, repeats=repeats,
                                                          iters=iters, warmup=warmup,
                                                          start_method=method),
@@ -580,7 +583,7 @@ def run_memory(setting: Setting, variants: Sequence[str], with_cp_modes: Sequenc
         raise ValueError(f'unknown variants {unknown}: choose from {VARIANTS}')
     if steps < 1:
         raise ValueError('steps must be >= 1')
-    context, method = _start_context(start_method)
+    context, method = _start_context(start_method, device)
     results = dict(kind='memory', setting=asdict(setting),
                    options=dict(device=device, threads=threads, steps=steps,
                                 start_method=method, with_cp_modes=list(with_cp_modes)),

@@ -220,7 +220,7 @@ def run_suite(setting: Setting, variants: Sequence[str] = SUITE_VARIANTS,
     def over_budget() -> bool:
         return budget_s is not None and time.monotonic() - start > budget_s
 
-    context, method = _start_context(start_method)
+    context, method = _start_context(start_method, device)
     options = dict(device=device, threads=threads, sdpa=sdpa, compile_backend=compile_backend)
     results = dict(
         kind='suite', setting=asdict(setting),

@@ -226,3 +226,12 @@ def test_smoke_cfg_is_the_real_config_without_weights_validation_or_checkpoints(
              if s.type == 'RandomCrop']
     assert crops == [(32, 32)] and tiny.model.backbone.out_indices == (0, 1, 2, 3)
     assert tiny.model.decode_head.in_channels == 32
+
+
+def test_workers_on_an_accelerator_are_spawned_not_forked():
+    """Importing mmengine asks torch.cuda.is_available(), after which a forked process (the
+    forkserver's children too) cannot initialise CUDA; on the CPU forking is fine."""
+    from harness.benchmark.measure import _start_context
+    assert _start_context('auto', 'cuda')[1] == 'spawn'
+    assert _start_context('auto', 'cuda:1')[1] == 'spawn'
+    assert _start_context('auto', 'cpu')[1] == 'forkserver'

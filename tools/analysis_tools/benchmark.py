@@ -52,7 +52,8 @@ def parse_args(argv=None):
     parser.add_argument('--no-flops', action='store_true', help='skip the FLOP counts')
     parser.add_argument('--start-method', default='auto',
                         choices=['auto', 'forkserver', 'spawn', 'fork'],
-                        help='how workers start (auto: forkserver where available)')
+                        help='how workers start (auto: forkserver on the CPU where '
+                        'available, spawn on an accelerator)')
     parser.add_argument('--memory', action='store_true',
                         help='training-step peak memory only: each variant in a fresh '
                         'process, one at a time, --iters training steps, for every '
