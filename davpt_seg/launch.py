@@ -1,4 +1,7 @@
-"""Distributed runs of tools/train.py and tools/test.py on machines without a GPU.
+"""What tools/train.py and tools/test.py share: their options, the numeric precision they
+run at (mixed precision, TF32) and distributed runs on machines without a GPU.
+
+Distributed runs on machines without a GPU:
 
 mmengine's ``pytorch`` launcher calls ``torch.cuda.set_device`` and its default DDP wrapper
 pins ``device_ids`` to the local rank, so ``tools/dist_train.sh CONFIG 2`` dies on a CPU-only
@@ -17,8 +20,9 @@ import logging
 import os
 import os.path as osp
 import sys
-from typing import List
+from typing import List, Optional, Tuple
 
+import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
@@ -32,6 +36,104 @@ from .checkpoint.files import CheckpointFileError, check_file
 def has_accelerator() -> bool:
     return any(f() for f in (is_cuda_available, is_npu_available, is_mlu_available,
                              is_musa_available))
+
+
+class LaunchError(ValueError):
+    """A command-line request that cannot run as asked; the message says what to change."""
+
+
+# --amp-dtype's choices and the names mmengine's AmpOptimWrapper takes for them.
+AMP_DTYPES = {'bf16': 'bfloat16', 'fp16': 'float16'}
+
+
+def amp_device_error() -> Optional[str]:
+    """Why --amp cannot run here, or None (mmengine's AmpOptimWrapper only asserts)."""
+    if has_accelerator():
+        return None
+    return ('--amp needs a GPU (CUDA, NPU, MLU or MUSA), but none is available here: '
+            'mixed precision only pays off on an accelerator. Drop --amp to train in fp32 on '
+            'the CPU.')
+
+
+def accelerator_supports_bf16() -> bool:
+    """Whether this machine's accelerator computes in bf16 natively (CUDA: compute
+    capability 8.0 and up, i.e. Ampere and newer). Older GPUs only emulate it, slowly, which
+    torch's own ``is_bf16_supported()`` counts as support by default."""
+    if is_cuda_available():
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.3 has no emulation and no such argument
+            return torch.cuda.is_bf16_supported()
+    for name, available in (('npu', is_npu_available), ('mlu', is_mlu_available),
+                            ('musa', is_musa_available)):
+        if available():
+            check = getattr(getattr(torch, name, None), 'is_bf16_supported', None)
+            return bool(check is not None and check())
+    return False
+
+
+def configure_amp(cfg, amp_dtype: Optional[str], bf16_supported: bool
+                  ) -> List[Tuple[int, str]]:
+    """Turns ``cfg``'s ``OptimWrapper`` into mmengine's ``AmpOptimWrapper`` (``--amp``).
+
+    ``amp_dtype``: ``'bf16'``, ``'fp16'`` or None, which means bf16 where the accelerator
+    supports it (``bf16_supported``) and fp16 otherwise. bf16 has fp32's exponent range, so
+    its gradients do not underflow and it runs without loss scaling (the wrapper's
+    ``GradScaler`` is disabled: it passes the loss and the step through unchanged); fp16
+    keeps mmengine's dynamic loss scaling. A config that already uses ``AmpOptimWrapper``
+    is left as it is unless ``amp_dtype`` is given. Returns ``(logging level, message)``
+    pairs to log; raises :class:`LaunchError` for what cannot run.
+    """
+    if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
+        raise LaunchError(f'--amp-dtype {amp_dtype!r}: choose one of {sorted(AMP_DTYPES)}')
+    wrapper = cfg.optim_wrapper
+    lines = []
+    if wrapper.type == 'AmpOptimWrapper':
+        if amp_dtype is None:
+            return [(logging.WARNING, 'AMP training is already enabled in your config '
+                     f'(dtype={wrapper.get("dtype")}, loss_scale='
+                     f'{wrapper.get("loss_scale", "dynamic")}); left as it is')]
+        lines.append((logging.WARNING, 'AMP training is already enabled in your config; '
+                      f'--amp-dtype {amp_dtype} sets its dtype and loss scaling'))
+    elif wrapper.type != 'OptimWrapper':
+        raise LaunchError('--amp is only supported when the optimizer wrapper type is '
+                          f'`OptimWrapper` but got {wrapper.type}.')
+    if amp_dtype == 'bf16' and not bf16_supported:
+        raise LaunchError('--amp-dtype bf16 needs an accelerator that computes in bf16 '
+                          '(CUDA: compute capability 8.0 or higher, Ampere and newer), and this '
+                          'one does not: use --amp-dtype fp16 (dynamic loss scaling).')
+    if amp_dtype is None:
+        amp_dtype = 'bf16' if bf16_supported else 'fp16'
+        if not bf16_supported:
+            lines.append((logging.INFO, 'AMP: this accelerator has no native bf16 (CUDA: '
+                          'compute capability < 8.0), so --amp runs in fp16 with dynamic loss '
+                          'scaling'))
+    wrapper.type = 'AmpOptimWrapper'
+    wrapper.dtype = AMP_DTYPES[amp_dtype]
+    # bf16 needs no scaling; a disabled GradScaler is mmengine's way to say so.
+    wrapper.loss_scale = dict(enabled=False) if amp_dtype == 'bf16' else 'dynamic'
+    lines.append((logging.INFO, f'AMP: {amp_dtype} autocast, '
+                  + ('no loss scaling' if amp_dtype == 'bf16' else 'dynamic loss scaling')))
+    return lines
+
+
+def configure_tf32(enabled: bool, cuda_available: bool) -> Optional[str]:
+    """TF32 for fp32 matrix products and convolutions on CUDA (Ampere and newer).
+
+    torch leaves TF32 off for matmuls (``torch.backends.cuda.matmul.allow_tf32``) and on for
+    cuDNN convolutions, so without this a ViT-L's linear layers run at full fp32 speed,
+    several times slower than TF32 on tensor cores. TF32 keeps fp32's range and 10 of its 23
+    mantissa bits. ``enabled=False`` turns off both, for full fp32. Without CUDA this
+    changes nothing and returns None; otherwise the line to log.
+    """
+    if not cuda_available:
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    if enabled:
+        return ('TF32 on for fp32 matmuls and convolutions (CUDA); --no-tf32 computes them in '
+                'full fp32')
+    return 'TF32 off (--no-tf32): fp32 matmuls and convolutions compute in full fp32'
 
 
 def _sync_bn_to_bn(node):
@@ -202,6 +304,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         f'reads (default: {DEFAULT_LABEL_SAMPLES})')
     parser.add_argument('--no-data-check', action='store_true',
                         help='same as --data-check off')
+    parser.add_argument(
+        '--no-tf32', action='store_true',
+        help='compute fp32 matmuls and convolutions in full fp32 on CUDA; by default they '
+        'use TF32 tensor cores (Ampere and newer), several times faster')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 

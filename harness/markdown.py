@@ -20,8 +20,19 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 
 def update_generated_file(path: str, name: str, body: str, header: str = '') -> None:
-    """:func:`replace_block` on the file at ``path`` (created with ``header`` if absent)."""
+    """:func:`replace_block` on the file at ``path`` (created with ``header`` if absent).
+
+    Written beside and renamed over it: a run stopped from outside while it writes (the
+    benchmark rewrites its section after every stage, under a hard time limit) leaves the
+    old file or the new one, never half of one.
+    """
     text = open(path).read() if osp.isfile(path) else header
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-        f.write(replace_block(text, name, body))
+    write_atomically(path, replace_block(text, name, body))
+
+
+def write_atomically(path: str, text: str) -> None:
+    partial = f'{path}.partial-{os.getpid()}'
+    with open(partial, 'w') as f:
+        f.write(text)
+    os.replace(partial, path)

@@ -1,6 +1,7 @@
 # Test (and evaluate) a segmentor: mmseg 1.2.2's tools/test.py with davpt_seg imported, a
 # dataset check before the model build, the metrics printed and saved as JSON
-# (<work_dir>/test_metrics_{ss,ms}.json), and CPU-only torchrun launches (gloo).
+# (<work_dir>/test_metrics_{ss,ms}.json), TF32 on CUDA (--no-tf32 to turn it off), and
+# CPU-only torchrun launches (gloo).
 # Single-scale by default (the config's test pipeline); --tta runs mmseg's SegTTAModel over
 # the config's tta_pipeline (scales 0.5-1.75 and horizontal flip): the multi-scale mIoU.
 import argparse
@@ -15,14 +16,15 @@ from harness.entry import quiet_third_party_warnings  # noqa: E402
 quiet_third_party_warnings()
 
 from mmengine.dist import is_main_process  # noqa: E402
+from mmengine.device import is_cuda_available  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import davpt_seg  # noqa: E402,F401  (registers modules, safe checkpoint loading)
 from davpt_seg.datasets import check_data_cfg  # noqa: E402
 from davpt_seg.launch import (add_common_arguments, check_checkpoint_file,  # noqa: E402
-                              finish_distributed, load_config, parse_arguments,
-                              setup_cpu_distributed)
+                              configure_tf32, finish_distributed, load_config,
+                              parse_arguments, setup_cpu_distributed)
 
 
 # TODO: support fuse_conv_bn, visualization, and format_only
@@ -107,6 +109,9 @@ def main():
                                args.data_check_samples):
         print_log(f'data check: {line}', logger='current')
     check_checkpoint_file(args.checkpoint)
+    tf32 = configure_tf32(not args.no_tf32, is_cuda_available())
+    if tf32:
+        print_log(tf32, logger='current')
 
     # torchrun on a machine without GPU (tools/dist_*.sh): gloo, no SyncBN.
     setup_cpu_distributed(cfg, args.launcher)

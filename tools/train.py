@@ -1,9 +1,10 @@
 # Train a segmentor: mmseg 1.2.2's tools/train.py with davpt_seg imported (its modules
 # registered, mmengine checkpoints loadable under torch's weights_only default), a check of
-# the datasets before the (slow) model build, a clear error for --amp without a GPU, and
-# torchrun launches (tools/dist_train.sh) that also work on CPU-only machines (gloo).
+# the datasets before the (slow) model build, --amp in bf16 where the GPU has it (fp16
+# otherwise, --amp-dtype to choose) and a clear error without a GPU, TF32 on CUDA (--no-tf32
+# to turn it off), and torchrun launches (tools/dist_train.sh) that also work on CPU-only
+# machines (gloo).
 import argparse
-import logging
 import os.path as osp
 import sys
 
@@ -13,6 +14,7 @@ from harness.entry import quiet_third_party_warnings  # noqa: E402
 
 quiet_third_party_warnings()
 
+from mmengine.device import is_cuda_available  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
@@ -20,8 +22,10 @@ from mmseg.registry import RUNNERS  # noqa: E402
 
 import davpt_seg  # noqa: E402,F401  (registers modules, safe checkpoint loading)
 from davpt_seg.datasets import check_data_cfg  # noqa: E402
-from davpt_seg.launch import (add_common_arguments, check_checkpoint_file,  # noqa: E402
-                              finish_distributed, has_accelerator, load_config,
+from davpt_seg.launch import (AMP_DTYPES, LaunchError,  # noqa: E402
+                              accelerator_supports_bf16, add_common_arguments,
+                              amp_device_error, check_checkpoint_file, configure_amp,
+                              configure_tf32, finish_distributed, load_config,
                               parse_arguments, setup_cpu_distributed)
 
 
@@ -39,17 +43,16 @@ def parse_args():
         action='store_true',
         default=False,
         help='enable automatic-mixed-precision training (needs a GPU)')
+    parser.add_argument(
+        '--amp-dtype', choices=sorted(AMP_DTYPES),
+        help='the autocast dtype of --amp: bf16 (no loss scaling) or fp16 (dynamic loss '
+        'scaling); default: bf16 where the GPU computes in it (CUDA: Ampere and newer), fp16 '
+        'otherwise')
     add_common_arguments(parser)
-    return parse_arguments(parser)
-
-
-def amp_device_error():
-    """Why --amp cannot run here, or None (mmengine's AmpOptimWrapper only asserts)."""
-    if has_accelerator():
-        return None
-    return ('--amp needs a GPU (CUDA, NPU, MLU or MUSA), but none is available here: '
-            'mixed precision only pays off on an accelerator. Drop --amp to train in fp32 on '
-            'the CPU.')
+    args = parse_arguments(parser)
+    if args.amp_dtype and not args.amp:
+        parser.error(f'--amp-dtype {args.amp_dtype} chooses the precision of --amp: add --amp')
+    return args
 
 
 def main():
@@ -57,23 +60,18 @@ def main():
 
     cfg = load_config(args)
 
-    # enable automatic-mixed-precision training
-    if args.amp is True:
+    if args.amp:
         error = amp_device_error()
         if error:
             sys.exit(f'error: {error}')
-        optim_wrapper = cfg.optim_wrapper.type
-        if optim_wrapper == 'AmpOptimWrapper':
-            print_log(
-                'AMP training is already enabled in your config.',
-                logger='current',
-                level=logging.WARNING)
-        else:
-            if optim_wrapper != 'OptimWrapper':
-                sys.exit('error: --amp is only supported when the optimizer wrapper type is '
-                         f'`OptimWrapper` but got {optim_wrapper}.')
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
+        try:
+            for level, line in configure_amp(cfg, args.amp_dtype, accelerator_supports_bf16()):
+                print_log(line, logger='current', level=level)
+        except LaunchError as error:
+            sys.exit(f'error: {error}')
+    tf32 = configure_tf32(not args.no_tf32, is_cuda_available())
+    if tf32:
+        print_log(tf32, logger='current')
 
     # resume training
     cfg.resume = args.resume

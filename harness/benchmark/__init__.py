@@ -1,17 +1,23 @@
 """The benchmark of the PEFT variants (``tools/analysis_tools/benchmark.py``): step time,
-throughput, FLOPs, peak memory; onnxruntime against PyTorch; markdown for docs/benchmarks.md.
+throughput, FLOPs, peak memory; the one-call GPU suite (precisions, with_cp, torch.compile,
+a smoke training run); onnxruntime against PyTorch; markdown for docs/benchmarks.md.
 """
 from .measure import HostMemory, describe_machine, run_benchmark, run_memory
 from .onnx_latency import (ONNX_BACKENDS, render_onnx_markdown, run_onnx_latencies,
                            run_onnx_latency)
 from .report import (REQUIRED_FIELDS, finite, memory_section_key, merge_memory_results,
-                     render_markdown, render_memory_markdown, section_key, update_doc)
-from .settings import (REFERENCE, SDPA_BACKENDS, SETTING_ALIASES, SETTINGS, VARIANT_NOTES,
-                       VARIANTS, Setting, resolve_setting, segmentor_cfg)
+                     render_markdown, render_memory_markdown, render_suite_markdown,
+                     section_key, suite_section_key, update_doc)
+from .settings import (PRECISIONS, REFERENCE, SDPA_BACKENDS, SETTING_ALIASES, SETTINGS,
+                       SUITE_VARIANTS, VARIANT_NOTES, VARIANTS, Setting, resolve_setting,
+                       segmentor_cfg)
+from .suite import SMOKE_CONFIG, run_suite, smoke_cfg
 
 __all__ = ['HostMemory', 'describe_machine', 'run_benchmark', 'run_memory', 'ONNX_BACKENDS',
            'render_onnx_markdown', 'run_onnx_latencies', 'run_onnx_latency',
            'REQUIRED_FIELDS', 'finite', 'memory_section_key', 'merge_memory_results',
-           'render_markdown', 'render_memory_markdown', 'section_key', 'update_doc',
-           'REFERENCE', 'SDPA_BACKENDS', 'SETTING_ALIASES', 'SETTINGS', 'VARIANT_NOTES',
-           'VARIANTS', 'Setting', 'resolve_setting', 'segmentor_cfg']
+           'render_markdown', 'render_memory_markdown', 'render_suite_markdown',
+           'section_key', 'suite_section_key', 'update_doc', 'PRECISIONS', 'REFERENCE',
+           'SDPA_BACKENDS', 'SETTING_ALIASES', 'SETTINGS', 'SUITE_VARIANTS', 'VARIANT_NOTES',
+           'VARIANTS', 'Setting', 'resolve_setting', 'segmentor_cfg', 'SMOKE_CONFIG',
+           'run_suite', 'smoke_cfg']

@@ -22,8 +22,8 @@ from contextlib import nullcontext
 from dataclasses import asdict
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from .settings import (REFERENCE, SDPA_BACKENDS, VARIANT_NOTES, VARIANTS, Setting,
-                       segmentor_cfg)
+from .settings import (PRECISIONS, REFERENCE, SDPA_BACKENDS, VARIANT_NOTES, VARIANTS,
+                       Setting, segmentor_cfg)
 
 # ------------------------------------------------------------------------------ memory
 def _proc_status_kib(field_name: str) -> Optional[int]:
@@ -53,13 +53,18 @@ class HostMemory:
         self.resettable = False
 
     def start(self):
+        self.resettable = self.reset_peak()
+        self.baseline_kib = _proc_status_kib('VmRSS')
+
+    def reset_peak(self) -> bool:
+        """Restarts the high-water mark at the current RSS, keeping the baseline: the next
+        peak is one phase's, over the same pre-build baseline. False where it cannot."""
         try:
             with open('/proc/self/clear_refs', 'w') as f:
                 f.write('5')
-            self.resettable = True
+            return True
         except OSError:
-            self.resettable = False
-        self.baseline_kib = _proc_status_kib('VmRSS')
+            return False
 
     def peak_bytes(self) -> Optional[int]:
         peak = _proc_status_kib('VmHWM')
@@ -116,6 +121,43 @@ class VariantBench:
         self.optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.)
         self.inputs, self.train_samples, self.test_samples = self._batch()
         self.amp = options.get('amp') == 'bf16'
+        self.last_loss = None
+        self.compiled = bool(options.get('compile'))
+        self.use_compiled = self.compiled
+        if self.compiled:
+            self._compile_blocks(options.get('compile_backend') or 'inductor')
+
+    def _compile_blocks(self, backend: str):
+        """torch.compile of each transformer block (regional compilation).
+
+        The blocks are the model's repeated region and nearly all of its trunk time; every
+        block of one shape reuses one compiled graph, so compiling costs one block's
+        compilation (per token count and precision), not a whole ViT-L's, and the segmentor's
+        Python-side work (data samples, class assignment, losses) stays eager instead of
+        breaking the graph. Static shapes: VPT-Deep's guided-layout block holds fewer prompt
+        tokens, which gets its own graph rather than a dynamic one for all.
+        """
+        backbone = self.model.backbone
+        blocks = backbone.trunk.blocks if hasattr(backbone, 'trunk') else backbone.layers
+        for block in blocks:
+            block.compile(backend=backend, dynamic=False)
+
+    def set_mode(self, precision: str, compile: bool = False):
+        """fp32: full fp32 (TF32 off on CUDA); tf32: TF32 matmuls and convolutions on CUDA;
+        bf16: bf16 autocast, TF32 for what stays fp32 (as ``tools/train.py --amp``). On the
+        CPU tf32 is fp32. ``compile`` runs the compiled blocks (the worker must have been
+        built with them), else the same blocks eagerly."""
+        from davpt_seg.launch import configure_tf32
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision {precision!r} is not one of {PRECISIONS}')
+        if compile and not self.compiled:
+            raise ValueError('this worker was built without compiled blocks (options compile)')
+        configure_tf32(precision != 'fp32', self.device.type == 'cuda')
+        self.amp = precision == 'bf16'
+        self.use_compiled = compile
+        # A step that failed half-way (a compile error, out of memory) may have left
+        # gradients behind.
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _batch(self):
         torch = self.torch
@@ -157,6 +199,12 @@ class VariantBench:
                             'cudnn': SDPBackend.CUDNN_ATTENTION,
                             'math': SDPBackend.MATH}[backend])
 
+    def _stance(self):
+        """The compiled blocks' eager fallback, for the eager modes of a compiled worker."""
+        if self.compiled and not self.use_compiled:
+            return self.torch.compiler.set_stance('force_eager')
+        return nullcontext()
+
     def _sync(self):
         if self.device.type != 'cpu':
             self.torch.accelerator.synchronize()
@@ -165,16 +213,17 @@ class VariantBench:
     def train_step(self):
         # The forced SDPA backend must also hold in the backward: with_cp recomputes the
         # blocks there, and a different kernel would save tensors of other shapes.
-        with self._sdpa():
+        with self._stance(), self._sdpa():
             with self._autocast():
                 losses = self.model.loss(self.inputs, self.train_samples)
             loss, _ = self.model.parse_losses(losses)
             loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = loss.detach()
 
     def infer_step(self):
-        with self.torch.inference_mode(), self._autocast(), self._sdpa():
+        with self.torch.inference_mode(), self._stance(), self._autocast(), self._sdpa():
             self.model.predict(self.inputs, self.test_samples)
 
     def set_phase(self, phase: str):
@@ -188,6 +237,24 @@ class VariantBench:
             self.phase_step()
         self._sync()
         return (time.perf_counter() - start) / iters
+
+    def peak_step(self, memory: 'HostMemory') -> Optional[int]:
+        """Peak memory of one step of the current phase and mode: ``max_memory_allocated``
+        on an accelerator, the RSS high-water mark over the pre-build baseline on the CPU
+        (which then also holds the weights and whatever the heap kept from earlier modes)."""
+        if self.device.type == 'cpu':
+            memory.reset_peak()
+        else:
+            self.torch.accelerator.reset_peak_memory_stats()
+        self.timed(1)
+        if self.device.type == 'cpu':
+            return memory.peak_bytes()
+        return self.torch.accelerator.max_memory_allocated()
+
+    def last_loss_finite(self) -> Optional[bool]:
+        if self.last_loss is None:
+            return None
+        return bool(self.torch.isfinite(self.last_loss).item())
 
     def flops(self) -> int:
         from torch.utils.flop_counter import FlopCounterMode
@@ -250,38 +317,63 @@ def _worker(conn, setting_dict: dict, variant: str, options: dict):
         rss = _proc_status_kib('VmRSS')
         conn.send(('ok', dict(bench.info(), rss_baseline_bytes=_kib_to_bytes(
             memory.baseline_kib), rss_model_bytes=_kib_to_bytes(rss))))
+    except Exception:  # the parent re-raises it with the variant's name
+        conn.send(('error', traceback.format_exc()))
+        conn.close()
+        return
+    try:
         while True:
             command, arg = conn.recv()
             if command == 'stop':
                 break
-            if command == 'phase':
-                bench.set_phase(arg)
-                if bench.device.type != 'cpu':
-                    torch.accelerator.reset_peak_memory_stats()
-                result = None
-            elif command == 'timed':
-                result = bench.timed(arg)
-            elif command == 'flops':
-                result = bench.flops()
-            elif command == 'peak_memory':
-                result = torch.accelerator.max_memory_allocated() \
-                    if bench.device.type != 'cpu' else memory.peak_bytes()
-            elif command == 'peak_rss':  # the absolute high-water mark, baseline included
-                result = _kib_to_bytes(_proc_status_kib('VmHWM'))
-            else:
-                raise ValueError(f'unknown command {command!r}')
+            try:
+                result = _serve(bench, memory, command, arg)
+            except Exception:  # reported; the worker serves on (a failed mode, say)
+                conn.send(('error', traceback.format_exc()))
+                continue
             conn.send(('ok', result))
-    except Exception:  # the parent re-raises it with the variant's name
-        conn.send(('error', traceback.format_exc()))
     finally:
         conn.close()
 
 
+def _serve(bench: VariantBench, memory: HostMemory, command: str, arg):
+    torch = bench.torch
+    if command == 'phase':
+        bench.set_phase(arg)
+        if bench.device.type != 'cpu':
+            torch.accelerator.reset_peak_memory_stats()
+        return None
+    if command == 'mode':
+        return bench.set_mode(**arg)
+    if command == 'timed':
+        return bench.timed(arg)
+    if command == 'peak_step':
+        return bench.peak_step(memory)
+    if command == 'loss_finite':
+        return bench.last_loss_finite()
+    if command == 'compiled_graphs':  # graphs torch.compile has built in this process
+        from torch._dynamo.utils import counters
+        return counters['stats']['unique_graphs']
+    if command == 'flops':
+        return bench.flops()
+    if command == 'peak_memory':
+        return torch.accelerator.max_memory_allocated() \
+            if bench.device.type != 'cpu' else memory.peak_bytes()
+    if command == 'peak_rss':  # the absolute high-water mark, baseline included
+        return _kib_to_bytes(_proc_status_kib('VmHWM'))
+    raise ValueError(f'unknown command {command!r}')
+
+
 class _Worker:
-    def __init__(self, context, setting: Setting, variant: str, options: dict):
+    """A child process serving commands; ``target(conn, setting, variant, options)`` runs
+    there (default: one variant's :class:`VariantBench`). Not daemonic when the target
+    starts processes of its own (a training run's data loader workers)."""
+
+    def __init__(self, context, setting: Setting, variant: str, options: dict,
+                 target: Optional[Callable] = None, daemon: bool = True):
         self.variant = variant
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker, daemon=True,
+        self.process = context.Process(target=target or _worker, daemon=daemon,
                                        args=(child, asdict(setting), variant, options))
         self.process.start()
         child.close()
@@ -355,13 +447,16 @@ def loadavg() -> Optional[Tuple[float, float, float]]:
         return None
 
 
-def _start_context(method: str):
+def _start_context(method: str, device: str = 'cpu'):
     if method == 'auto':
-        # forkserver: one clean server process imports torch/mmseg once and forks the
+        # CPU: forkserver: one clean server process imports torch/mmseg once and forks the
         # workers, which is fast. A plain fork of *this* process hangs the workers when it
         # has already run OpenMP-parallel torch ops (e.g. inside a test session), and
-        # spawn re-imports everything per worker.
-        method = 'forkserver' if 'forkserver' in mp.get_all_start_methods() else 'spawn'
+        # spawn re-imports everything per worker. An accelerator: spawn. Importing mmengine
+        # asks torch.cuda.is_available(), which "poisons" fork: a process forked after it
+        # (by the forkserver after its preload, too) cannot initialise CUDA.
+        method = 'spawn' if device != 'cpu' or 'forkserver' not in \
+            mp.get_all_start_methods() else 'forkserver'
     context = mp.get_context(method)
     if method == 'forkserver':
         context.set_forkserver_preload(['harness.benchmark.measure', 'davpt_seg'])
@@ -385,7 +480,7 @@ def run_benchmark(setting: Setting, variants: Sequence[str] = VARIANTS, repeats:
         raise ValueError(f'sdpa={sdpa!r} is not one of {SDPA_BACKENDS}')
     variants = list(dict.fromkeys(variants))
     options = dict(device=device, amp=amp, with_cp=with_cp, threads=threads, sdpa=sdpa)
-    context, method = _start_context(start_method)
+    context, method = _start_context(start_method, device)
     results = dict(setting=asdict(setting), options=dict(options, repeats=repeats,
                                                          iters=iters, warmup=warmup,
                                                          start_method=method),
@@ -488,7 +583,7 @@ def run_memory(setting: Setting, variants: Sequence[str], with_cp_modes: Sequenc
         raise ValueError(f'unknown variants {unknown}: choose from {VARIANTS}')
     if steps < 1:
         raise ValueError('steps must be >= 1')
-    context, method = _start_context(start_method)
+    context, method = _start_context(start_method, device)
     results = dict(kind='memory', setting=asdict(setting),
                    options=dict(device=device, threads=threads, steps=steps,
                                 start_method=method, with_cp_modes=list(with_cp_modes)),

@@ -35,7 +35,7 @@ def machine_lines(machine: dict, options: dict) -> List[str]:
     return [
         f"- Machine: {machine['cpu']}, {machine['cores']} cores available, "
         f"{options['threads']} torch thread(s); device `{device}`"
-        f"{'' if device == 'cpu' else ' (' + machine['device_name'] + ')'}; "
+        f"{'' if device == 'cpu' else ' (' + str(machine.get('device_name')) + ')'}; "
         f"{machine['platform']}",
         f"- Software: torch {machine['torch']}, timm {machine['timm']}, mmseg "
         f"{machine['mmseg']}, mmcv {machine['mmcv']}, mmengine {machine['mmengine']}, "
@@ -243,3 +243,106 @@ REQUIRED_FIELDS = ('trainable', 'trainable_backbone', 'trainable_heads', 'train_
 
 def finite(num) -> bool:
     return isinstance(num, (int, float)) and math.isfinite(num)
+
+
+def suite_section_key(results: dict) -> str:
+    return f"suite-{results['setting']['name']}-{results['options']['device'].split(':')[0]}"
+
+
+def render_suite_markdown(results: dict, command: str) -> str:
+    """The suite's section: every (variant, with_cp, mode) row, the smoke training, what
+    the budget skipped, and the lines that answer the targets."""
+    setting, options, machine = results['setting'], results['options'], results['machine']
+    on_cpu = options['device'] == 'cpu'
+    layout = sorted({setting['num_prompts'], setting['num_guided_prompts']})
+    budget = options.get('budget_s')
+    lines = [
+        f"### One-call benchmark: {setting['description']} — "
+        f"{machine.get('device_name') or options['device']}", '', '```', command, '```', '',
+        *machine_lines(machine, options),
+        f"- Run: {results['started']} → {results['finished']}, "
+        f"{results['elapsed_seconds']:.0f} s in all"
+        f"{f' (budget {budget:.0f} s)' if budget else ''}; load average (1/5/15 min) "
+        f"{results['loadavg_start']} at start, {results['loadavg_end']} at end; one worker "
+        f"per variant and with_cp ({options['start_method']}); per mode "
+        f"{options['warmup']} warm-up step(s), then {options['repeats']} interleaved rounds "
+        f"× {options['iters']} step(s); stages: " + '; '.join(
+            f'{name} {seconds:.0f} s' for name, seconds in results['stage_seconds'].items()),
+        _model_line(setting, layout), '',
+        '| variant | with_cp | precision | train step ms (median, min–max) | img/s | '
+        '× VPT-Deep | × fp32 eager | compiled × eager | peak memory | loss finite |',
+        '|---|---|---|---:|---:|---:|---:|---:|---:|---|',
+    ]
+    for row in sorted(results['rows'], key=lambda r: (r['with_cp'], r['compile'],
+                                                       PRECISION_ORDER[r['precision']],
+                                                       r['variant'] != 'mmseg-full',
+                                                       r['variant'])):
+        head = (f"| {row['variant']} | {'yes' if row['with_cp'] else 'no'} | "
+                f"{row['precision']}{' + compile' if row['compile'] else ''} | ")
+        if 'step_ms' not in row:
+            lines.append(head + f"{row.get('error', 'not timed')} |" + ' |' * 6)
+            continue
+        lines.append(
+            head + f"{row['step_ms']:.1f} ({row['step_ms_min']:.1f}–{row['step_ms_max']:.1f})"
+            f" | {row['img_per_s']:.2f} | {_fmt_ratio(row['ratio_vs_vpt_deep'])} | "
+            f"{_fmt_ratio(row['ratio_vs_fp32_eager'])} | {_fmt_ratio(row['ratio_vs_eager'])} | "
+            f"{fmt_bytes(row.get('peak_bytes'))} | "
+            f"{'yes' if row.get('loss_finite') else 'NO'} |")
+    memory_kind = ('the worker\'s RSS high-water mark over its RSS before the model build, '
+                   'after earlier modes (an upper bound)') if on_cpu else \
+        '`max_memory_allocated` over one training step'
+    cpu_note = '; on the CPU tf32 is fp32' if on_cpu else ''
+    lines += ['', f"Precision: fp32 = TF32 off; tf32 = TF32 matmuls and convolutions; bf16 = "
+              f"bf16 autocast with TF32 for what stays fp32 (`tools/train.py --amp`){cpu_note}. "
+              f"Compile: each transformer block `torch.compile`d "
+              f"(backend {options['compile_backend']}, static shapes), the rest eager. Ratios: "
+              f"medians of per-round time ratios (< 1: faster). Peak memory: {memory_kind}.", '']
+    for skipped in results['skipped']:
+        lines.append(f"- skipped: {skipped['stage']} ({skipped['reason']})")
+    lines += _smoke_lines(results.get('smoke')) + _suite_targets(results)
+    return '\n'.join(lines) + '\n'
+
+
+PRECISION_ORDER = {'fp32': 0, 'tf32': 1, 'bf16': 2}
+
+
+def _smoke_lines(smoke: Optional[dict]) -> List[str]:
+    if smoke is None:
+        return ['- smoke training: not run']
+    if 'error' in smoke:
+        return [f"- smoke training of `{smoke['config']}`: **failed**: {smoke['error']}"]
+    peak = f", peak {fmt_bytes(smoke['peak_bytes'])}" if smoke.get('peak_bytes') else ''
+    return [
+        f"- smoke training of `{smoke['config']}` (random trunk, no pretrained file), "
+        f"{smoke['iters']} iterations at batch {smoke['batch_size']}, {smoke['precision']}, on "
+        f"{smoke['images']} synthetic {smoke['image_size']}² ADE20K-layout images: loss "
+        f"{smoke['loss_first']:.3f} → {smoke['loss_last']:.3f} (max {smoke['loss_max']:.3f}), "
+        f"every loss term finite: {smoke['losses_finite']}, trained weights finite: "
+        f"{smoke['weights_finite']}; {smoke['iter_ms_median']:.0f} ms/iteration (median, "
+        f"data loading included){peak}, {smoke['seconds']:.0f} s — "
+        f"{'**passed**' if smoke['passed'] else '**failed**'}"]
+
+
+def _suite_targets(results: dict) -> List[str]:
+    rows = {(r['variant'], r['with_cp'], r['precision'], r['compile']): r
+            for r in results['rows'] if 'step_ms' in r}
+    lines = []
+    for with_cp in (False, True):
+        row = rows.get(('da-vpt', with_cp, 'bf16', False))
+        if row:
+            lines.append(f"- DA-VPT training step ≤ 1.03× VPT-Deep (bf16, with_cp "
+                         f"{'on' if with_cp else 'off'}): {row['ratio_vs_vpt_deep']:.3f}× — "
+                         f"{_verdict(row['ratio_vs_vpt_deep'] <= 1.03)}")
+    if results['setting']['name'] == 'vit-l-512' and results['options']['device'] != 'cpu':
+        for precision in ('fp32', 'bf16'):
+            row = rows.get(('da-vpt', True, precision, False))
+            if row:
+                lines.append(f"- peak GPU memory, DA-VPT, ViT-L 512², batch 2, with_cp, "
+                             f"{precision}: {fmt_bytes(row['peak_bytes'])} ≤ 8 GB — "
+                             f"{_verdict(row['peak_bytes'] <= 8e9)}")
+    for (variant, with_cp, precision, compiled), row in rows.items():
+        if compiled and row['ratio_vs_eager'] is not None:
+            lines.append(f"- torch.compile, {variant}, {precision}, with_cp "
+                         f"{'on' if with_cp else 'off'}: {row['ratio_vs_eager']:.3f}× the "
+                         f"eager step time")
+    return lines

@@ -26,6 +26,10 @@ VARIANT_NOTES = {
     'da-vpt+': 'DA-VPT + k/v bias offsets',
 }
 SDPA_BACKENDS = ('auto', 'flash', 'efficient', 'cudnn', 'math')
+# The suite's numeric modes: full fp32, TF32 matmuls/convolutions, bf16 autocast (+ TF32).
+PRECISIONS = ('fp32', 'tf32', 'bf16')
+# The suite's variants: the two prompt modes and the stock ViT fully fine-tuned.
+SUITE_VARIANTS = ('mmseg-full', 'vpt-deep', 'da-vpt')
 
 
 @dataclass

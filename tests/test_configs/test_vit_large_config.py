@@ -101,6 +101,9 @@ def test_config_settings(name):
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'
     assert cfg.optim_wrapper.optimizer.lr in (1e-3, 5e-4, 1e-4, 5e-5)  # the paper's grid
     assert cfg.train_dataloader.batch_size * 8 == 16  # 8 GPUs x 2 = 16 images / iteration
+    # ViT-L checkpoints are 1.3 GB: the last two are kept, the final iteration's among them.
+    checkpoint = cfg.default_hooks.checkpoint
+    assert checkpoint.max_keep_ckpts == 2 and iters % checkpoint.interval == 0
     assert cfg.train_dataloader.dataset.type == dataset
     assert cfg.test_dataloader.dataset.type == dataset
     assert [r for r in cfg.tta_pipeline[1].transforms[0]] == [

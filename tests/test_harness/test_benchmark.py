@@ -143,3 +143,95 @@ def test_memory_mode_measures_each_variant_in_a_fresh_process(tmp_path):
     with pytest.raises(ValueError, match='setting.name'):
         from harness.benchmark import merge_memory_results
         merge_memory_results(first, dict(merged, setting=dict(merged['setting'], name='x')))
+
+
+@pytest.fixture(scope='module')
+def suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp('suite')
+    doc, raw = str(root / 'b.md'), str(root / 'suite.json')
+    # aot_eager: torch.compile's tracing and graphs without inductor's C++ build (minutes).
+    argv = ['--suite', '--setting', 'tiny', '--variants', 'mmseg-full', 'vpt-deep', 'da-vpt',
+            '--cp-modes', 'on', '--precisions', 'fp32', 'tf32', 'bf16',
+            '--compile-precisions', 'bf16', '--compile-backend', 'aot_eager', '--repeats', '2',
+            '--iters', '1', '--warmup', '1', '--smoke-iters', '2', '--threads', '1',
+            '--device', 'cpu', '--out', doc, '--json', raw]
+    return runpy.run_path(TOOL)['main'](argv), doc, raw, argv
+
+
+@pytest.mark.slow
+def test_suite_times_every_variant_in_every_mode(suite):
+    results, _, raw, _ = suite
+    assert json.load(open(raw))['rows'] == results['rows']
+    rows = {(r['variant'], r['precision'], r['compile']): r for r in results['rows']}
+    modes = [('fp32', False), ('tf32', False), ('bf16', False), ('bf16', True)]
+    assert set(rows) == {(v, *m) for v in ('mmseg-full', 'vpt-deep', 'da-vpt') for m in modes}
+    for key, row in rows.items():
+        assert 'error' not in row, (key, row)
+        assert row['with_cp'] and len(row['step_seconds']) == 2, key
+        assert row['step_ms'] > 0 and row['peak_bytes'] > 0 and row['loss_finite'], key
+        assert row['ratio_vs_vpt_deep'] > 0 and row['ratio_vs_fp32_eager'] > 0, key
+        # The compiled mode ran compiled blocks; the eager modes (first) compiled nothing.
+        assert (row['compiled_graphs'] > 0) == row['compile'], key
+        assert (row['ratio_vs_eager'] is not None) == row['compile'], key
+    assert rows[('vpt-deep', 'bf16', True)]['ratio_vs_vpt_deep'] == 1.0
+    assert rows[('da-vpt', 'fp32', False)]['ratio_vs_fp32_eager'] == 1.0
+    assert results['skipped'] == []
+
+
+@pytest.mark.slow
+def test_suite_smoke_trains_the_real_ade20k_config(suite):
+    smoke = suite[0]['smoke']
+    assert smoke['passed'], smoke
+    assert smoke['config'] == 'configs/setr_pup_davpt_ade20k.py'
+    assert smoke['iterations_logged'] == 2 and smoke['precision'] == 'fp32'  # no GPU here
+    # The DA-VPT config's metric losses trained too, and stayed finite.
+    assert {'loss', 'loss_prompt_token', 'loss_prompt_cls'} <= set(smoke['loss_names'])
+    assert smoke['losses_finite'] and smoke['weights_finite']
+
+
+@pytest.mark.slow
+def test_suite_section_names_its_command_rows_and_verdicts(suite):
+    _, doc, _, argv = suite
+    text = open(doc).read()
+    assert '<!-- BEGIN GENERATED: benchmark:suite-tiny-cpu -->' in text
+    assert 'python tools/analysis_tools/benchmark.py ' + ' '.join(argv) in text
+    assert '| da-vpt | yes | bf16 + compile |' in text and '| mmseg-full | yes | tf32 |' in text
+    assert 'smoke training of `configs/setr_pup_davpt_ade20k.py`' in text
+    assert '**passed**' in text and 'torch.compile, da-vpt, bf16, with_cp on' in text
+
+
+def test_suite_budget_skips_the_stages_it_cannot_start(tmp_path):
+    results = bm.run_suite(bm.SETTINGS['tiny'], device='cpu', smoke_iters=0, budget_s=0,
+                           progress=lambda line: None)
+    assert results['rows'] == []
+    assert [s['stage'] for s in results['skipped']] == ['with_cp off', 'with_cp on']
+    text = bm.render_suite_markdown(results, 'cmd')
+    assert '- skipped: with_cp on (time budget)' in text
+    assert '- smoke training: not run' in text
+
+
+def test_smoke_cfg_is_the_real_config_without_weights_validation_or_checkpoints(tmp_path):
+    cfg = bm.smoke_cfg(bm.SMOKE_CONFIG, bm.resolve_setting('vit-l-512'), str(tmp_path),
+                       str(tmp_path / 'work'), iters=50)
+    assert cfg.model.backbone.init_cfg is None
+    assert cfg.model.backbone.arch == 'vit_large_patch16_224'
+    assert tuple(cfg.model.backbone.img_size) == (512, 512)
+    assert cfg.train_dataloader.dataset.data_root == str(tmp_path)
+    assert cfg.train_cfg.max_iters == 50 and cfg.val_dataloader is None
+    assert cfg.default_hooks.checkpoint is None
+    assert cfg.optim_wrapper.type == 'OptimWrapper'  # AMP is the smoke run's to choose
+    tiny = bm.smoke_cfg(bm.SMOKE_CONFIG, bm.SETTINGS['tiny'], str(tmp_path),
+                        str(tmp_path / 'work'), iters=2)
+    crops = [s.crop_size for s in tiny.train_dataloader.dataset.pipeline
+             if s.type == 'RandomCrop']
+    assert crops == [(32, 32)] and tiny.model.backbone.out_indices == (0, 1, 2, 3)
+    assert tiny.model.decode_head.in_channels == 32
+
+
+def test_workers_on_an_accelerator_are_spawned_not_forked():
+    """Importing mmengine asks torch.cuda.is_available(), after which a forked process (the
+    forkserver's children too) cannot initialise CUDA; on the CPU forking is fine."""
+    from harness.benchmark.measure import _start_context
+    assert _start_context('auto', 'cuda')[1] == 'spawn'
+    assert _start_context('auto', 'cuda:1')[1] == 'spawn'
+    assert _start_context('auto', 'cpu')[1] == 'forkserver'

@@ -7,6 +7,10 @@
 #       --with-cp \
 #       --out docs/benchmarks.md
 #
+# --suite: one call at the paper's scale (fp32 / TF32 / bf16, with_cp off / on, eager /
+# torch.compile, mmseg-full / VPT-Deep / DA-VPT, plus a bf16 smoke training of the real
+# ADE20K config); the GPU command is in docs/benchmarks.md ("GPU").
+#
 # Settings: vit-l-512 (alias gpu; the paper's ViT-L/16 512x512 batch 2), cpu (ViT-S/16
 # 256x256 batch 2, minutes on a laptop CPU), tiny (tests). Method: harness/benchmark/.
 import argparse
@@ -27,9 +31,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='benchmark the PEFT variants')
     parser.add_argument('--setting', default='cpu',
                         help=f'one of {sorted(bm.SETTINGS) + sorted(bm.SETTING_ALIASES)}')
-    parser.add_argument('--variants', nargs='+', default=list(bm.VARIANTS),
-                        choices=bm.VARIANTS, metavar='VARIANT',
-                        help=f'subset of {bm.VARIANTS} (must include vpt-deep)')
+    parser.add_argument('--variants', nargs='+', choices=bm.VARIANTS, metavar='VARIANT',
+                        help=f'subset of {bm.VARIANTS} (must include vpt-deep; default: all, '
+                        f'with --suite {bm.SUITE_VARIANTS})')
     parser.add_argument('--repeats', type=int, default=5, help='interleaved rounds')
     parser.add_argument('--iters', type=int, default=2, help='steps per variant per round')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps per phase')
@@ -48,13 +52,14 @@ def parse_args(argv=None):
     parser.add_argument('--no-flops', action='store_true', help='skip the FLOP counts')
     parser.add_argument('--start-method', default='auto',
                         choices=['auto', 'forkserver', 'spawn', 'fork'],
-                        help='how workers start (auto: forkserver where available)')
+                        help='how workers start (auto: forkserver on the CPU where '
+                        'available, spawn on an accelerator)')
     parser.add_argument('--memory', action='store_true',
                         help='training-step peak memory only: each variant in a fresh '
                         'process, one at a time, --iters training steps, for every '
                         '--cp-modes entry (RSS baseline, after the build and peak on the CPU)')
     parser.add_argument('--cp-modes', nargs='+', choices=['off', 'on'], default=['off', 'on'],
-                        help='with --memory: measure without and/or with with_cp')
+                        help='with --memory or --suite: measure without and/or with with_cp')
     parser.add_argument('--merge', metavar='JSON',
                         help='with --memory: the --json of an earlier run of the same setting '
                         'and device; the rows measured now replace its rows of the same '
@@ -64,6 +69,25 @@ def parse_args(argv=None):
                         'model (random weights, one window of its usual size, --batch-size '
                         '(default 1)), PyTorch eager vs onnxruntime on its ONNX exports, '
                         '--repeats interleaved rounds, --threads threads for both')
+    parser.add_argument('--suite', action='store_true',
+                        help='the one-call benchmark: training step time and peak memory of '
+                        'each --variants in every --precisions (and compiled in every '
+                        '--compile-precisions), for every --cp-modes entry, then a smoke '
+                        'training of the real ADE20K config (harness/benchmark/suite.py)')
+    parser.add_argument('--precisions', nargs='+', choices=bm.PRECISIONS,
+                        default=list(bm.PRECISIONS),
+                        help='with --suite: fp32 (TF32 off), tf32, bf16 (autocast + TF32)')
+    parser.add_argument('--compile-precisions', nargs='*', choices=bm.PRECISIONS,
+                        default=['bf16'],
+                        help='with --suite: precisions also timed with the transformer blocks '
+                        'torch.compiled (none: no compile)')
+    parser.add_argument('--compile-backend', default='inductor',
+                        help="with --suite: torch.compile's backend (tests: aot_eager)")
+    parser.add_argument('--smoke-iters', type=int, default=50,
+                        help='with --suite: iterations of the smoke training (0: none)')
+    parser.add_argument('--budget-s', type=float,
+                        help='with --suite: start no stage (group, mode, round) after this many '
+                        'seconds; what is skipped is listed')
     parser.add_argument('--out', help='markdown file whose section for this run is replaced')
     parser.add_argument('--json', help='also write the raw results here')
     return parser.parse_args(argv)
@@ -91,6 +115,20 @@ def main(argv=None):
             progress=lambda line: print(line, flush=True))
         return _report(args, results, command, bm.render_onnx_markdown(results, command),
                        'onnx-latency-cpu')
+    if args.suite:
+        def report_suite(results, quiet=True):
+            return _report(args, results, command, bm.render_suite_markdown(results, command),
+                           bm.suite_section_key(results), quiet)
+        return report_suite(bm.run_suite(
+            setting, args.variants or bm.SUITE_VARIANTS, precisions=args.precisions,
+            compile_precisions=args.compile_precisions,
+            cp_modes=[m == 'on' for m in args.cp_modes], repeats=args.repeats,
+            iters=args.iters, warmup=args.warmup, device=device, threads=threads,
+            sdpa=args.sdpa, compile_backend=args.compile_backend,
+            smoke_iters=args.smoke_iters, budget_s=args.budget_s,
+            start_method=args.start_method, progress=lambda line: print(line, flush=True),
+            on_update=report_suite), quiet=False)
+    variants = args.variants or list(bm.VARIANTS)
     if args.memory:
         earlier = None
         if args.merge:
@@ -103,12 +141,12 @@ def main(argv=None):
             return _report(args, results, command, bm.render_memory_markdown(results, command),
                            bm.memory_section_key(results), quiet)
         return report(bm.run_memory(
-            setting, args.variants, with_cp_modes=[m == 'on' for m in args.cp_modes],
+            setting, variants, with_cp_modes=[m == 'on' for m in args.cp_modes],
             steps=args.iters, device=device, threads=threads,
             start_method=args.start_method, progress=lambda line: print(line, flush=True),
             on_row=report), quiet=False)
     results = bm.run_benchmark(
-        setting, args.variants, repeats=args.repeats, iters=args.iters, warmup=args.warmup,
+        setting, variants, repeats=args.repeats, iters=args.iters, warmup=args.warmup,
         device=device, amp=args.amp, with_cp=args.with_cp, threads=threads, sdpa=args.sdpa,
         count_flops=not args.no_flops, start_method=args.start_method,
         progress=lambda line: print(line, flush=True))
@@ -128,9 +166,9 @@ def _report(args, results: dict, command: str, markdown: str, key: str,
         if not quiet:
             print(f'updated {args.out} (section {key})')
     if args.json:
+        from harness.markdown import write_atomically
         os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=1)
+        write_atomically(args.json, json.dumps(results, indent=1))
     return results
 
 

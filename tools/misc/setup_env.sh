@@ -6,8 +6,11 @@
 #   VENV=path            where the environment lives (default: .venv in the repo root)
 #   DAVPT_CACHE=path     where the built mmcv wheel is cached across clones (default:
 #                        ~/.cache/davpt-seg); mmcv takes ~15 min to compile on 2 cores.
-#   MMCV_WITH_CUDA=1     build mmcv's CUDA ops (needs nvcc and a CUDA build of torch);
-#                        default: auto — CUDA ops when torch sees a GPU, CPU ops otherwise.
+#   MMCV_WITH_CUDA=1     also build mmcv's CUDA ops (needs an nvcc of torch's CUDA version);
+#                        default 0: CPU ops only, also on a GPU machine. No config of ours
+#                        runs an mmcv op (mmseg only imports them), so CUDA ops add a long
+#                        compile and the nvcc requirement for nothing; ask for them if your
+#                        own configs use one (deformable convolution, CARAFE, ...).
 #   TORCH_SPEC="..."     the torch/torchvision pins (default: the pair that lets timm import
 #                        on the CPU-only dev machines; GPU users may pick their CUDA build).
 set -euo pipefail
@@ -57,7 +60,11 @@ fi
 
 if ! has "mmcv==$mmcv_version" || ! "$py" -c 'from mmcv.ops import nms' 2>/dev/null; then
   torch_version=$("$py" -c 'import torch; print(torch.__version__.replace("+", "_"))')
-  with_cuda=${MMCV_WITH_CUDA:-$("$py" -c 'import torch; print(int(torch.cuda.is_available()))')}
+  with_cuda=${MMCV_WITH_CUDA:-0}
+  case "$with_cuda" in
+    0|1) ;;
+    *) echo "[setup] MMCV_WITH_CUDA=$with_cuda: use 1 (mmcv's CUDA ops) or 0 (CPU ops only, the default)" >&2; exit 1 ;;
+  esac
   wheel_dir="$cache/mmcv-$mmcv_version-torch$torch_version-cuda$with_cuda"
   wheel=$(ls "$wheel_dir"/mmcv-*.whl 2>/dev/null | head -n 1 || true)
   if [ -z "$wheel" ]; then
@@ -70,9 +77,15 @@ if ! has "mmcv==$mmcv_version" || ! "$py" -c 'from mmcv.ops import nms' 2>/dev/n
     # torch >= 2.14 headers need C++20; mmcv 2.1.0 hard-codes C++17.
     sed -i 's/-std=c++17/-std=c++20/g' "$src/setup.py"
     export MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
-    if [ "$with_cuda" = 1 ]; then export FORCE_CUDA=1; else export FORCE_CUDA=0; fi
+    # mmcv's setup.py builds CUDA ops whenever torch sees a GPU, FORCE_CUDA=0 or not: for
+    # CPU ops only, the build must not see one.
+    if [ "$with_cuda" = 1 ]; then
+      build_env=(env FORCE_CUDA=1)
+    else
+      build_env=(env FORCE_CUDA=0 CUDA_VISIBLE_DEVICES=)
+    fi
     mkdir -p "$wheel_dir"
-    "${pip[@]}" wheel --no-build-isolation --no-deps -w "$build_dir/dist" "$src"
+    "${build_env[@]}" "${pip[@]}" wheel --no-build-isolation --no-deps -w "$build_dir/dist" "$src"
     mv "$build_dir"/dist/mmcv-*.whl "$wheel_dir"/
     wheel=$(ls "$wheel_dir"/mmcv-*.whl | head -n 1)
   fi

@@ -11,7 +11,10 @@
 _base_ = ['mmseg::_base_/schedules/schedule_160k.py']
 
 max_iters = 160000
-warmup_iters = 1500  # the paper warms up linearly before the cosine (A.2)
+# A linear warm-up before the cosine, as the paper's AdamW recipe has (A.2: 10 of 100 epochs
+# for classification; for segmentation it follows SETR, which has none). 1500 iterations is
+# mmseg's warm-up for its AdamW ViT recipes at this batch size (e.g. UperNet ViT-B, 160k).
+warmup_iters = 1500
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
@@ -23,3 +26,8 @@ param_scheduler = [
          end=max_iters),
 ]
 train_cfg = dict(max_iters=max_iters)
+# A ViT-L checkpoint is 1.3 GB (weights and AdamW moments), ten per run at mmseg's interval:
+# keep two. --resume needs the latest, and the one before it is the fallback when a crash
+# truncates the latest while it is written. The final iteration's checkpoint, the one the
+# paper reports, is always among them (max_iters is a multiple of the interval).
+default_hooks = dict(checkpoint=dict(max_keep_ckpts=2))
