@@ -61,11 +61,22 @@ variants = [
          description='k-means over CLS tokens (paper, authors)',
          options=dict(model=dict(class_representation='cls'))),
 ]
+# A linear head: one 1x1 conv from the 384-d patch tokens to the 59 classes (DINOv2's
+# linear segmentation probe), instead of SETR-PUP's four conv stages.
+_linear_head = dict(model=dict(decode_head=dict(
+    _delete_=True, type='FCNHead', in_channels=384, channels=384, num_convs=0,
+    concat_input=False, in_index=0, num_classes=59, dropout_ratio=0, align_corners=False,
+    loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))))
 schedules = [
     # The search for a protocol with power (the "power" block): VPT-Deep must beat the
     # heads alone by 3x its own seed std before prompt variants are compared.
-    dict(name='s300', dir='s300', iters=300, description='300 iterations'),
-    dict(name='s900', dir='s900', iters=900, description='900 iterations'),
+    dict(name='s300', dir='s300', iters=300,
+         description='SETR-PUP 64 channels, lr 1e-3, 300 iterations'),
+    dict(name='lr3e-3', dir='lr3e-3', iters=300,
+         options=dict(optim_wrapper=dict(optimizer=dict(lr=3e-3))),
+         description='SETR-PUP 64 channels, lr 3e-3, 300 iterations'),
+    dict(name='linhead', dir='linhead', iters=300, options=_linear_head,
+         description='a linear head (1x1 conv), lr 1e-3, 300 iterations'),
 ]
 main_schedule = 's300'
 curve_variants = ['linear', 'vpt-deep', 'davpt', 'detach-data', 'davpt-plus',

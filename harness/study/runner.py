@@ -17,7 +17,6 @@ from typing import Dict, List, Optional, Sequence
 
 from .spec import Schedule, Study, Variant
 
-NO_VALIDATION = 10**9  # an interval no run reaches
 CURVE_KEYS = ('loss', 'decode.loss_ce', 'loss_prompt_token', 'loss_prompt_cls', 'lr')
 DATA_ROOT_KEYS = ('train_dataloader.dataset.data_root', 'val_dataloader.dataset.data_root',
                   'test_dataloader.dataset.data_root')
@@ -43,8 +42,9 @@ def run_options(repo: str, variant: Variant, schedule: Schedule, seed: int,
         options[PRETRAINED_KEY] = pretrained
     options.update({
         'randomness.seed': seed,
-        # tools/test.py scores the final checkpoint on the same split: no second pass.
-        'train_cfg.val_interval': NO_VALIDATION,
+        # tools/test.py scores the final checkpoint on the same split: no second pass
+        # (mmengine validates at the last iteration whatever the interval).
+        'val_cfg': None, 'val_dataloader': None, 'val_evaluator': None,
     })
     options.update(variant.options)
     options.update(schedule.options)
