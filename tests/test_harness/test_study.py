@@ -362,15 +362,15 @@ def test_a_schedule_with_a_block_gets_its_own_table(tmp_path, camvid):
     assert '-1.00' in blocks['main'] and '45.50' not in blocks['main']
 
 
-def test_power_table_checks_the_margin_against_three_seed_stds(tmp_path, ccp):
+def test_power_table_checks_the_margin_against_three_seed_stds(tmp_path, camvid):
     weak = [fake_record('linear', s, 30. + s) for s in range(3)] + \
         [fake_record('vpt-deep', s, 31. + s) for s in range(3)]  # +1 over std 1
     strong = [fake_record('linear', s, 30. + 0.1 * s) for s in range(3)] + \
-        [fake_record('vpt-deep', s, 34. + 0.2 * s) for s in range(3)]  # +4.05 over std 0.2
-    table = _render(ccp, {'s300': weak, 's900': strong}, tmp_path)['power']
-    assert '| s300 (main) | 300 iterations | 31.00 ± 1.00 (n=3) | 32.00 ± 1.00 (n=3) | ' \
-        '+1.00 ± 0.00 | 1.0 | no |' in table
-    assert '| s900 | 900 iterations | 30.10 ± 0.10 (n=3) | 34.20 ± 0.20 (n=3) | ' \
+        [fake_record('vpt-deep', s, 34. + 0.2 * s) for s in range(3)]  # +4.1 over std 0.2
+    table = _render(camvid, {'300': weak, 'confirm600': strong}, tmp_path)['power']
+    assert '| 300 (main) | 300 iterations, the configs as written | 31.00 ± 1.00 (n=3) | ' \
+        '32.00 ± 1.00 (n=3) | +1.00 ± 0.00 | 1.0 | no |' in table
+    assert '| confirm600 | 600 iterations | 30.10 ± 0.10 (n=3) | 34.20 ± 0.20 (n=3) | ' \
         '+4.10 ± 0.10 | 20.5 | **yes** |' in table
 
 
