@@ -291,8 +291,9 @@ def power_table(schedule_runs: Dict[str, Dict[str, Dict[int, dict]]], study: Stu
 # ------------------------------------------------------------------------------ report
 def render_report(study: Study, records_by_schedule: Dict[str, List[dict]],
                   report_path: str, plot_dir: str) -> Dict[str, str]:
-    """Writes the study's generated blocks into ``report_path`` and the plots; returns the
-    blocks. ``records_by_schedule``: every schedule's finished runs."""
+    """Writes the study's generated blocks into ``report_path`` and the plots; returns every
+    block it can render (the report holds those of ``study.blocks``).
+    ``records_by_schedule``: every schedule's finished runs."""
     schedule_runs = {name: by_variant(records)
                      for name, records in records_by_schedule.items()}
     runs = schedule_runs.get(study.main_schedule, {})
@@ -325,4 +326,4 @@ def render_report(study: Study, records_by_schedule: Dict[str, List[dict]],
         text = replace_block(text, name, blocks.get(name, '(no runs yet)'))
     with open(report_path, 'w') as f:
         f.write(text)
-    return {name: blocks.get(name, '(no runs yet)') for name in study.blocks}
+    return blocks
