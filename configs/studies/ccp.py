@@ -77,6 +77,9 @@ schedules = [
          description='SETR-PUP 64 channels, lr 3e-3, 300 iterations'),
     dict(name='linhead', dir='linhead', iters=300, options=_linear_head,
          description='a linear head (1x1 conv), lr 1e-3, 300 iterations'),
+    dict(name='linhead-lr3e-3', dir='linhead-lr3e-3', iters=300,
+         options=dict(_linear_head, optim_wrapper=dict(optimizer=dict(lr=3e-3))),
+         description='a linear head (1x1 conv), lr 3e-3, 300 iterations'),
 ]
 main_schedule = 's300'
 curve_variants = ['linear', 'vpt-deep', 'davpt', 'detach-data', 'davpt-plus',
