@@ -60,6 +60,25 @@ variants = [
     dict(name='kmeans-cls', config='setr_pup_dinov2-s14_davpt_ccp.py', group='k-means input',
          description='k-means over CLS tokens (paper, authors)',
          options=dict(model=dict(class_representation='cls'))),
+    # ------------------------- beyond the paper: guidance where the forward pass reads it
+    # VPT-Deep discards the prompts' outputs after each block, so a prompt's query never
+    # touches the segmentation; its key decides which patches attend to it. Pulling the
+    # guided prompts' keys towards the queries of their classes' patches (key-query), with
+    # the data side detached (so the earlier prompts keep serving segmentation alone),
+    # routes each class's patches to the prompts of its cluster; the segmentation loss
+    # decides what those prompts then add.
+    dict(name='route', config='setr_pup_dinov2-s14_davpt_ccp.py', group='beyond the paper',
+         description='routing: prompt key vs patch/CLS query, data side detached',
+         options=dict(model=dict(embedding_pairing='key-query', detach_data=True))),
+    dict(name='route-all', config='setr_pup_dinov2-s14_davpt_ccp.py',
+         group='beyond the paper', description='routing, every present class a data point',
+         options=dict(model=dict(embedding_pairing='key-query', detach_data=True,
+                                 class_assignment='all'))),
+    dict(name='route-0.2', config='setr_pup_dinov2-s14_davpt_ccp.py',
+         group='beyond the paper', description='routing with beta = gamma = 0.2',
+         options=dict(model=dict(embedding_pairing='key-query', detach_data=True,
+                                 loss_prompt_token=dict(loss_weight=0.2),
+                                 loss_prompt_cls=dict(loss_weight=0.2)))),
 ]
 # A linear head: one 1x1 conv from the 384-d patch tokens to the 59 classes (DINOv2's
 # linear segmentation probe), instead of SETR-PUP's four conv stages.
