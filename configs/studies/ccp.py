@@ -99,6 +99,9 @@ schedules = [
     dict(name='linhead-lr3e-3', dir='linhead-lr3e-3', iters=300,
          options=dict(_linear_head, optim_wrapper=dict(optimizer=dict(lr=3e-3))),
          description='a linear head (1x1 conv), lr 3e-3, 300 iterations'),
+    dict(name='linhead-lr3e-3-600', dir='linhead-lr3e-3-600', iters=600,
+         options=dict(_linear_head, optim_wrapper=dict(optimizer=dict(lr=3e-3))),
+         description='a linear head (1x1 conv), lr 3e-3, 600 iterations'),
 ]
 main_schedule = 's300'
 curve_variants = ['linear', 'vpt-deep', 'davpt', 'detach-data', 'davpt-plus',
