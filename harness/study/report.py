@@ -272,19 +272,25 @@ def power_table(schedule_runs: Dict[str, Dict[str, Dict[int, dict]]], study: Stu
              '|---|---|---|---|---|---|---|']
     for schedule in study.schedules:
         runs = schedule_runs.get(schedule.name, {})
-        if heads not in runs or baseline not in runs:
+        if heads not in runs and baseline not in runs:
             continue
-        base_mean, base_std = mean_std([r['mIoU'] for r in runs[baseline].values()])
-        delta, delta_std, _ = paired_difference(runs, baseline, heads)
-        ratio = delta / base_std if base_std and not math.isnan(base_std) else math.nan
+        # A schedule piloted on one side only is still part of the search: shown, no verdict.
+        cells = []
+        for variant in (heads, baseline):
+            scores = [r['mIoU'] for r in runs.get(variant, {}).values()]
+            cells.append(f'{fmt(*mean_std(scores))} (n={len(scores)})' if scores else '–')
+        ratio, difference = math.nan, '–'
+        if heads in runs and baseline in runs:
+            _, base_std = mean_std([r['mIoU'] for r in runs[baseline].values()])
+            delta, delta_std, _ = paired_difference(runs, baseline, heads)
+            difference = signed(delta, delta_std)
+            ratio = delta / base_std if base_std and not math.isnan(base_std) else math.nan
         verdict = '–' if math.isnan(ratio) else ('**yes**' if ratio >= POWER_FACTOR else 'no')
         main = ' (main)' if schedule.name == study.main_schedule else ''
         lines.append(
             f'| {schedule.name}{main} | {schedule.description or "the configs as written"} | '
-            f'{fmt(*mean_std([r["mIoU"] for r in runs[heads].values()]))} '
-            f'(n={len(runs[heads])}) | {fmt(base_mean, base_std)} (n={len(runs[baseline])}) | '
-            f'{signed(delta, delta_std)} | {"–" if math.isnan(ratio) else f"{ratio:.1f}"} | '
-            f'{verdict} |')
+            f'{cells[0]} | {cells[1]} | {difference} | '
+            f'{"–" if math.isnan(ratio) else f"{ratio:.1f}"} | {verdict} |')
     return '\n'.join(lines)
 
 

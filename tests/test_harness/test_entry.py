@@ -38,3 +38,12 @@ def test_every_tool_quiets_them_before_importing_the_stack():
                       '\nimport davpt_seg', '\nfrom davpt_seg', '\nimport torch'):
             first = text.find(stack)
             assert first < 0 or first > call, f'{path}: {stack.strip()} before the call'
+
+
+def test_the_readme_indexes_every_tool():
+    readme = open(osp.join(ROOT, 'README.md')).read()
+    index = readme[readme.index('## More tools'):]
+    scripts = glob.glob(osp.join(ROOT, 'tools', '**', '*.py'), recursive=True) + \
+        glob.glob(osp.join(ROOT, 'tools', '**', '*.sh'), recursive=True)
+    missing = [osp.relpath(p, ROOT) for p in scripts if osp.basename(p) not in index]
+    assert not missing, f'add these to the "More tools" table of README.md: {missing}'
