@@ -82,6 +82,10 @@ variants = [
          description='beta = gamma = 0.01',
          options=dict(model=dict(loss_prompt_token=dict(loss_weight=0.01),
                                  loss_prompt_cls=dict(loss_weight=0.01)))),
+    # Beyond the paper, shared with the CCP study (configs/studies/ccp.py says why).
+    dict(name='route', config=_config('davpt'), group='beyond the paper',
+         description='routing: prompt key vs patch/CLS query, data side detached',
+         options=dict(model=dict(embedding_pairing='key-query', detach_data=True))),
 ]
 schedules = [
     dict(name='300', description='300 iterations, the configs as written'),
