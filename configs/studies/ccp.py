@@ -103,8 +103,13 @@ schedules = [
          options=dict(_linear_head, optim_wrapper=dict(optimizer=dict(lr=3e-3))),
          description='a linear head (1x1 conv), lr 3e-3, 600 iterations'),
 ]
-main_schedule = 's300'
+main_schedule = 'linhead-lr3e-3-600'
 curve_variants = ['linear', 'vpt-deep', 'davpt', 'detach-data', 'davpt-plus',
                   'davpt-plus-detach']
 blocks = ['power', 'main', 'ablation', 'training', 'per-class', 'plots', 'runs']
-final_configs = {}
+final_configs = {
+    'linear': 'configs/ccp/fcn-linear_dinov2-s14_linear_600it_ccp.py',
+    'vpt-deep': 'configs/ccp/fcn-linear_dinov2-s14_vpt-deep_600it_ccp.py',
+    'davpt': 'configs/ccp/fcn-linear_dinov2-s14_davpt_600it_ccp.py',
+    'davpt-plus': 'configs/ccp/fcn-linear_dinov2-s14_davpt-plus_600it_ccp.py',
+}

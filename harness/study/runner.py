@@ -65,7 +65,7 @@ def schedule_options(repo: str, variant: Variant, max_iters: int) -> Dict[str, o
             return 0 if point <= 0 else max_iters
         return min(max(round(point * max_iters / configured), 1), max_iters - 1)
 
-    options = {'train_cfg.max_iters': max_iters,
+    options = {'train_cfg.max_iters': max_iters, 'train_cfg.val_interval': max_iters,
                'default_hooks.checkpoint.interval': max_iters}
     for index, scheduler in enumerate(cfg.param_scheduler):
         for key in ('begin', 'end'):
