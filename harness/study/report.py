@@ -74,8 +74,10 @@ def _millions(count: Optional[int]) -> str:
     return f'{count / 1e6:.2f}M' if count >= 1e5 else f'{count / 1e3:.1f}k'
 
 
-def main_table(runs, variants, baseline: str, names: Optional[Sequence[str]] = None) -> str:
-    """One row per variant of the ``main`` group (or of ``names``) that has runs."""
+def main_table(runs, variants, baseline: str, names: Optional[Sequence[str]] = None,
+               configs: Optional[Dict[str, str]] = None) -> str:
+    """One row per variant of the ``main`` group (or of ``names``) that has runs;
+    ``configs``: the config to name per variant where it is not the variant's own."""
     lines = ['| variant | config | trainable | seeds | val mIoU (mean ± std) | per seed | '
              f'Δ vs {baseline} (paired) | min/run |',
              '|---|---|---|---|---|---|---|---|']
@@ -89,11 +91,24 @@ def main_table(runs, variants, baseline: str, names: Optional[Sequence[str]] = N
         minutes = mean_std([r['wall_seconds'] / 60 for r in seeds.values()])[0]
         delta = '–' if variant.name == baseline else \
             signed(*paired_difference(runs, variant.name, baseline)[:2])
+        config = (configs or {}).get(variant.name, f'`{osp.basename(variant.config)}`')
         lines.append(
-            f'| {variant.name} | `{osp.basename(variant.config)}` | {_millions(trainable)} | '
+            f'| {variant.name} | {config} | {_millions(trainable)} | '
             f'{len(values)} | **{fmt(*mean_std(values))}** | '
             f'{" / ".join(f"{v:.2f}" for v in values)} | {delta} | {minutes:.0f} |')
     return '\n'.join(lines)
+
+
+def main_schedule_configs(study: Study) -> Dict[str, str]:
+    """What each variant ran under a main schedule that changes the configs: its final
+    config where the study wrote one (equal to it, tested), else config + schedule."""
+    schedule = study.schedule()
+    if not schedule.options and schedule.iters is None:
+        return {}
+    return {variant.name: f'`{osp.basename(study.final_configs[variant.name])}`'
+            if variant.name in study.final_configs
+            else f'`{osp.basename(variant.config)}` + schedule `{schedule.name}`'
+            for variant in study.variants}
 
 
 def ablation_table(runs, variants, reference: str, baseline: str) -> str:
@@ -314,7 +329,7 @@ def render_report(study: Study, records_by_schedule: Dict[str, List[dict]],
     everything = [r for s in study.schedules for r in records_by_schedule.get(s.name, [])]
     blocks = {
         'power': power_table(schedule_runs, study),
-        'main': main_table(runs, variants, baseline),
+        'main': main_table(runs, variants, baseline, configs=main_schedule_configs(study)),
         'ablation': ablation_table(runs, variants, reference, baseline),
         'training': training_table(runs, variants),
         'per-class': per_class_table(runs, variants, main_names),

@@ -424,3 +424,11 @@ def test_analyze_guidance_tool_on_a_tiny_config(tiny_study, capsys):
     assert list(shares) == [f'prompts.{i}' for i in range(4)]
     assert shares['prompts.2']['token'] > 0 and shares['prompts.3']['token'] == 0
     assert shares['prompts.0']['ratio'] > 0
+
+
+def test_main_table_names_what_ran_under_a_main_schedule_that_changes_the_configs(camvid, ccp):
+    assert study_report.main_schedule_configs(camvid) == {}  # its main schedule: as written
+    named = study_report.main_schedule_configs(ccp)
+    assert named['davpt'] == f"`{osp.basename(ccp.final_configs['davpt'])}`"
+    assert named['route'] == \
+        f"`{osp.basename(ccp.variant('route').config)}` + schedule `{ccp.main_schedule}`"
