@@ -107,9 +107,13 @@ main_schedule = 'linhead-lr3e-3-600'
 curve_variants = ['linear', 'vpt-deep', 'davpt', 'detach-data', 'davpt-plus',
                   'davpt-plus-detach']
 blocks = ['power', 'main', 'ablation', 'training', 'per-class', 'plots', 'runs']
+# The main table under the main schedule, written out as complete configs (for the rerun on
+# the held-back photos; tests/test_harness/test_study.py checks each equals its variant).
 final_configs = {
     'linear': 'configs/ccp/fcn-linear_dinov2-s14_linear_600it_ccp.py',
     'vpt-deep': 'configs/ccp/fcn-linear_dinov2-s14_vpt-deep_600it_ccp.py',
     'davpt': 'configs/ccp/fcn-linear_dinov2-s14_davpt_600it_ccp.py',
     'davpt-plus': 'configs/ccp/fcn-linear_dinov2-s14_davpt-plus_600it_ccp.py',
+    'detach-data': 'configs/ccp/fcn-linear_dinov2-s14_davpt-detach_600it_ccp.py',
+    'davpt-plus-detach': 'configs/ccp/fcn-linear_dinov2-s14_davpt-plus-detach_600it_ccp.py',
 }
