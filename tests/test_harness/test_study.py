@@ -404,7 +404,8 @@ def test_the_camvid_report_re_renders_unchanged_from_its_jsons(tmp_path, camvid)
     report.parent.mkdir(parents=True)
     shutil.copy(committed, report)
     records = {s.name: load_records(camvid.schedule_dir(ROOT, s)) for s in camvid.schedules}
-    assert len(records['300']) == 35 and len(records['confirm600']) == 3
+    # the 35 runs of the finished study, plus the beyond-the-paper runs as they land
+    assert len(records['300']) >= 35 and len(records['confirm600']) == 3
     study_report.render_report(camvid, records, str(report),
                                str(tmp_path / 'docs' / 'results' / 'camvid' / 'plots'))
     assert report.read_text() == open(committed).read()
