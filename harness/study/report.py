@@ -290,13 +290,13 @@ def power_table(schedule_runs: Dict[str, Dict[str, Dict[int, dict]]], study: Stu
         if heads not in runs and baseline not in runs:
             continue
         # A schedule piloted on one side only is still part of the search: shown, no verdict.
-        cells = []
-        for variant in (heads, baseline):
-            scores = [r['mIoU'] for r in runs.get(variant, {}).values()]
-            cells.append(f'{fmt(*mean_std(scores))} (n={len(scores)})' if scores else '–')
+        scores = {variant: [r['mIoU'] for r in runs.get(variant, {}).values()]
+                  for variant in (heads, baseline)}
+        cells = [f'{fmt(*mean_std(values))} (n={len(values)})' if values else '–'
+                 for values in scores.values()]
         ratio, difference = math.nan, '–'
         if heads in runs and baseline in runs:
-            _, base_std = mean_std([r['mIoU'] for r in runs[baseline].values()])
+            _, base_std = mean_std(scores[baseline])
             delta, delta_std, _ = paired_difference(runs, baseline, heads)
             difference = signed(delta, delta_std)
             ratio = delta / base_std if base_std and not math.isnan(base_std) else math.nan
