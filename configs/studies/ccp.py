@@ -34,6 +34,10 @@ variants = [
     dict(name='davpt-plus-detach', config='setr_pup_dinov2-s14_davpt-plus_ccp.py',
          group='main', description='DA-VPT+ with the patch/CLS embeddings detached',
          options=_detach),
+    # DA-VPT+ also tunes key/value biases (9.2k parameters): without this control its gain
+    # over VPT-Deep could not be told apart from the biases' own.
+    dict(name='vpt-deep-kv', config='setr_pup_dinov2-s14_vpt-deep-kv_ccp.py', group='main',
+         description='VPT-Deep + key/value bias offsets, no guidance (DA-VPT+\'s control)'),
     # ------------------------------------------ ablations: one switch of the paper's DA-VPT
     dict(name='prompts-5', config='setr_pup_dinov2-s14_davpt_ccp.py',
          group='guided prompts M', description='M = 5 guided + 5 unguided prompts',
