@@ -121,4 +121,5 @@ final_configs = {
     'davpt-plus': 'configs/ccp/fcn-linear_dinov2-s14_davpt-plus_600it_ccp.py',
     'detach-data': 'configs/ccp/fcn-linear_dinov2-s14_davpt-detach_600it_ccp.py',
     'davpt-plus-detach': 'configs/ccp/fcn-linear_dinov2-s14_davpt-plus-detach_600it_ccp.py',
+    'vpt-deep-kv': 'configs/ccp/fcn-linear_dinov2-s14_vpt-deep-kv_600it_ccp.py',
 }
