@@ -37,6 +37,10 @@ variants = [
          description="DA-VPT, the paper's settings"),
     dict(name='davpt-plus', config=_config('davpt-plus'), group='main',
          description="DA-VPT+, the paper's settings"),
+    # DA-VPT+ also tunes key/value biases: without this control its difference from VPT-Deep
+    # could not be told apart from the biases' own (added with the CCP study).
+    dict(name='vpt-deep-kv', config=_config('vpt-deep-kv'), group='main',
+         description="VPT-Deep + key/value bias offsets, no guidance (DA-VPT+'s control)"),
     dict(name='full', config=_config('full'), group='main',
          description='full fine-tuning (trunk lr x0.1)'),
     # ------------------------------------------ ablations: one switch of the paper's DA-VPT

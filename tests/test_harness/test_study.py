@@ -122,7 +122,7 @@ def test_final_configs_are_the_variants_the_study_measured(name):
 def test_study_configs_build_their_tuning_modes(camvid):
     from mmseg.registry import MODELS
     trainable = {}
-    for name in ('linear', 'bias', 'vpt-deep', 'davpt', 'davpt-plus', 'full'):
+    for name in ('linear', 'bias', 'vpt-deep', 'davpt', 'davpt-plus', 'vpt-deep-kv', 'full'):
         with torch.device('meta'):  # counting needs shapes and flags, not values
             model = MODELS.build(parse(camvid.variant(name).config).model)
         trainable[name] = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -134,6 +134,8 @@ def test_study_configs_build_their_tuning_modes(camvid):
     # 10 prompts of 384 in each of the 12 blocks; DA-VPT+ adds k/v offsets (2 x 384 each).
     assert trainable['vpt-deep'] - trainable['linear'] == 12 * 10 * 384
     assert trainable['davpt-plus'] - trainable['davpt'] == 12 * 2 * 384
+    # The control differs from DA-VPT+ by the guidance alone, which adds no parameter.
+    assert trainable['vpt-deep-kv'] == trainable['davpt-plus']
 
 
 def test_sgd_recipe_puts_the_head_at_ten_times_the_lr(camvid):
