@@ -12,7 +12,7 @@ from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
 from ..markdown import replace_block
-from .spec import Study
+from .spec import Contrast, Study
 
 # VPT-Deep must beat the heads alone by this many of its own seed std for a schedule to
 # have the power to tell prompt variants apart (the "power" block).
@@ -96,6 +96,25 @@ def main_table(runs, variants, baseline: str, names: Optional[Sequence[str]] = N
             f'| {variant.name} | {config} | {_millions(trainable)} | '
             f'{len(values)} | **{fmt(*mean_std(values))}** | '
             f'{" / ".join(f"{v:.2f}" for v in values)} | {delta} | {minutes:.0f} |')
+    return '\n'.join(lines)
+
+
+def contrast_table(runs, contrasts: Sequence[Contrast]) -> str:
+    """The study's own paired questions (a variant against its control), seed by seed;
+    the last column is the mean's distance from zero in paired stds (2 is the bar)."""
+    lines = ['| question | variant − against | seeds | Δ per seed | Δ (paired) | '
+             'distance from 0 (paired stds) |',
+             '|---|---|---|---|---|---|']
+    for contrast in contrasts:
+        a, b = contrast.variant, contrast.against
+        seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
+        if not seeds:
+            continue
+        per_seed = ' / '.join(f"{runs[a][s]['mIoU'] - runs[b][s]['mIoU']:+.2f}" for s in seeds)
+        mean, std, n = paired_difference(runs, a, b)
+        ratio = '–' if math.isnan(std) or std == 0 else f'{abs(mean) / std:.1f}'
+        lines.append(f'| {contrast.question} | {a} − {b} | {n} | {per_seed} | '
+                     f'{signed(mean, std)} | {ratio} |')
     return '\n'.join(lines)
 
 
@@ -330,6 +349,7 @@ def render_report(study: Study, records_by_schedule: Dict[str, List[dict]],
     blocks = {
         'power': power_table(schedule_runs, study),
         'main': main_table(runs, variants, baseline, configs=main_schedule_configs(study)),
+        'contrasts': contrast_table(runs, study.contrasts),
         'ablation': ablation_table(runs, variants, reference, baseline),
         'training': training_table(runs, variants),
         'per-class': per_class_table(runs, variants, main_names),

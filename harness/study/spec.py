@@ -26,6 +26,9 @@ JSON or YAML) with these fields::
     curve_variants  the variants drawn in the training-curve plot
     blocks          the generated blocks of the report, in order
     final_configs   {variant: config file} of the recommended variants, or {}
+    contrasts       list of dict(variant, against, question): paired differences beyond
+                    the ones against ``baseline`` and ``reference`` that the study asks
+                    for (a variant against its control), tabulated in block 'contrasts'
 
 ``options`` are nested dicts (``dict(model=dict(detach_data=True))``), passed to the tools
 as mmengine ``--cfg-options`` (``model.detach_data=True``). Names starting with ``_`` are
@@ -37,13 +40,13 @@ from typing import Dict, List, Optional, Sequence
 
 STUDY_DIR = 'configs/studies'
 # Every generated block the report renderer knows.
-KNOWN_BLOCKS = ('power', 'main', 'ablation', 'training', 'confirmation', 'per-class',
-                'plots', 'runs')
+KNOWN_BLOCKS = ('power', 'main', 'contrasts', 'ablation', 'training', 'confirmation',
+                'per-class', 'plots', 'runs')
 _REQUIRED = ('dataset', 'config_dir', 'results_dir', 'report', 'reference', 'baseline',
              'variants')
 _OPTIONAL = dict(name=None, title=None, work_root=None, data_root=None, pretrained=None,
                  heads_only=None, schedules=None, main_schedule=None, curve_variants=None,
-                 blocks=None, final_configs=None)
+                 blocks=None, final_configs=None, contrasts=None)
 
 
 class StudyError(ValueError):
@@ -71,6 +74,14 @@ class Schedule:
     description: str = ''
 
 
+@dataclass(frozen=True)
+class Contrast:
+    """A paired difference the study asks for: ``variant`` − ``against``, seed by seed."""
+    variant: str
+    against: str
+    question: str
+
+
 @dataclass
 class Study:
     name: str
@@ -91,6 +102,7 @@ class Study:
     curve_variants: List[str]
     blocks: List[str]
     final_configs: Dict[str, str]
+    contrasts: List[Contrast] = field(default_factory=list)
     source: str = ''
 
     def variant(self, name: str) -> Variant:
@@ -185,7 +197,12 @@ def load_study(name_or_path: str, repo: str) -> Study:
                         flatten_options(entry.get('options') or {}), entry.get('block'),
                         entry.get('description', ''))
 
+    def contrast(entry: dict) -> Contrast:
+        _check_keys(path, 'contrast', entry, ('variant', 'against', 'question'), ())
+        return Contrast(entry['variant'], entry['against'], entry['question'])
+
     variants = [variant(entry) for entry in fields['variants']]
+    contrasts = [contrast(entry) for entry in fields['contrasts'] or []]
     schedules = [schedule(entry) for entry in fields['schedules'] or [dict(name='default')]]
     study = Study(
         name=name, dataset=fields['dataset'],
@@ -198,8 +215,9 @@ def load_study(name_or_path: str, repo: str) -> Study:
         main_schedule=fields['main_schedule'] or schedules[0].name,
         curve_variants=list(fields['curve_variants'] or [v.name for v in variants
                                                           if v.group == 'main']),
-        blocks=list(fields['blocks'] or [b for b in KNOWN_BLOCKS if b != 'confirmation']),
-        final_configs=dict(fields['final_configs'] or {}), source=path)
+        blocks=list(fields['blocks'] or [b for b in KNOWN_BLOCKS if b != 'confirmation' and
+                                         (b != 'contrasts' or contrasts)]),
+        final_configs=dict(fields['final_configs'] or {}), contrasts=contrasts, source=path)
     _check_study(study)
     return study
 
@@ -227,6 +245,12 @@ def _check_study(study: Study) -> None:
         if name not in names:
             raise StudyError(f'study file {study.source}: {name!r} (curve_variants / '
                              'final_configs) is not a variant')
+    for contrast in study.contrasts:
+        for name in (contrast.variant, contrast.against):
+            if name not in names:
+                raise StudyError(f'study file {study.source}: contrast '
+                                 f'{contrast.question!r} names {name!r}, which is not a '
+                                 'variant')
     unknown = [b for b in study.blocks if b not in KNOWN_BLOCKS]
     if unknown:
         raise StudyError(f'study file {study.source}: blocks {unknown} are not among '
