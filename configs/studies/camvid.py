@@ -100,7 +100,21 @@ schedules = [
 main_schedule = '300'
 curve_variants = ['linear', 'vpt-deep', 'davpt', 'davpt-plus', 'detach-data',
                   'pairing-key-query']
-blocks = ['main', 'ablation', 'training', 'confirmation', 'per-class', 'plots', 'runs']
+blocks = ['main', 'contrasts', 'ablation', 'training', 'confirmation', 'per-class', 'plots',
+          'runs']
+# The CCP study's questions (configs/studies/ccp.py says why), asked of CamVid's runs too.
+contrasts = [
+    dict(variant='vpt-deep-kv', against='vpt-deep', question='the offsets alone'),
+    dict(variant='davpt-plus', against='vpt-deep-kv',
+         question="the paper's guidance on top of the offsets"),
+    dict(variant='davpt-plus-detach', against='vpt-deep-kv',
+         question='the detached guidance on top of the offsets'),
+    dict(variant='davpt-plus', against='davpt',
+         question="the offsets on top of the paper's guidance"),
+    dict(variant='detach-data', against='davpt', question='detaching the data side (DA-VPT)'),
+    dict(variant='davpt-plus-detach', against='davpt-plus',
+         question='detaching the data side (DA-VPT+)'),
+]
 # Variants the study recommends ("Final configs"), also written out as config files so
 # that they rerun on other data without the runner.
 final_configs = {
