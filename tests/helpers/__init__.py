@@ -1,6 +1,7 @@
 """Builders of tiny versions of the real modules (few blocks, small width, 32 px), shared by
 the tests: ``from tests.helpers import tiny_segmentor``."""
 import copy
+import itertools
 import os.path as osp
 
 from mmengine.config import ConfigDict
@@ -17,6 +18,10 @@ _PROMPT_LAYOUTS = {
                    num_extra_prompts=1),
 }
 _PROMPT_LAYOUTS['da-vpt+'] = _PROMPT_LAYOUTS['da-vpt']
+# mmengine names a Runner's logger and visualizer instances after its experiment, by
+# default the second it started: two runners built within one second (one test, a fast
+# machine) would share them, and the second's scalars would land in the first's work dir.
+_EXPERIMENTS = itertools.count()
 
 
 def tiny_backbone(tuning_mode: str = 'da-vpt', **overrides) -> dict:
@@ -96,6 +101,7 @@ def tiny_train_cfg(work_dir: str, data_root: str, max_iters: int = 2, model: dic
     return dict(
         default_scope='mmseg',
         work_dir=work_dir,
+        experiment_name=f'tiny{next(_EXPERIMENTS)}',
         custom_imports=dict(imports=['davpt_seg'], allow_failed_imports=False),
         model=model or tiny_segmentor(),
         train_dataloader=dict(
