@@ -4,6 +4,7 @@
 # switch of the paper's DA-VPT (`davpt`). Run, list and report with
 #   python tools/study.py camvid {run,list,report} ...
 # (the fields are described in harness/study/spec.py).
+_base_ = ['./_davpt_plus_contrasts.py']  # the contrasts block's questions
 dataset = 'CamVid'
 title = 'Real-data study: CamVid + a frozen DINOv2 ViT-S/14'
 config_dir = 'configs/camvid'
@@ -102,19 +103,6 @@ curve_variants = ['linear', 'vpt-deep', 'davpt', 'davpt-plus', 'detach-data',
                   'pairing-key-query']
 blocks = ['main', 'contrasts', 'ablation', 'training', 'confirmation', 'per-class', 'plots',
           'runs']
-# The CCP study's questions (configs/studies/ccp.py says why), asked of CamVid's runs too.
-contrasts = [
-    dict(variant='vpt-deep-kv', against='vpt-deep', question='the offsets alone'),
-    dict(variant='davpt-plus', against='vpt-deep-kv',
-         question="the paper's guidance on top of the offsets"),
-    dict(variant='davpt-plus-detach', against='vpt-deep-kv',
-         question='the detached guidance on top of the offsets'),
-    dict(variant='davpt-plus', against='davpt',
-         question="the offsets on top of the paper's guidance"),
-    dict(variant='detach-data', against='davpt', question='detaching the data side (DA-VPT)'),
-    dict(variant='davpt-plus-detach', against='davpt-plus',
-         question='detaching the data side (DA-VPT+)'),
-]
 # Variants the study recommends ("Final configs"), also written out as config files so
 # that they rerun on other data without the runner.
 final_configs = {

@@ -6,6 +6,7 @@
 # and report with
 #   python tools/study.py ccp {run,list,report} ...
 # (the fields are described in harness/study/spec.py).
+_base_ = ['./_davpt_plus_contrasts.py']  # the contrasts block's questions
 dataset = 'CCP'
 title = 'Many classes and a background class: Clothing Co-Parsing + a frozen DINOv2 ViT-S/14'
 config_dir = 'configs/ccp'
@@ -112,21 +113,6 @@ main_schedule = 'linhead-lr3e-3-600'
 curve_variants = ['linear', 'vpt-deep', 'davpt', 'detach-data', 'davpt-plus',
                   'davpt-plus-detach']
 blocks = ['power', 'main', 'contrasts', 'ablation', 'training', 'per-class', 'plots', 'runs']
-# DA-VPT+ changes two things at once (the guidance and the key/value offsets) and the
-# detached forms change one: each question below is a variant against the arm that differs
-# from it by that one thing.
-contrasts = [
-    dict(variant='vpt-deep-kv', against='vpt-deep', question='the offsets alone'),
-    dict(variant='davpt-plus', against='vpt-deep-kv',
-         question="the paper's guidance on top of the offsets"),
-    dict(variant='davpt-plus-detach', against='vpt-deep-kv',
-         question='the detached guidance on top of the offsets'),
-    dict(variant='davpt-plus', against='davpt',
-         question="the offsets on top of the paper's guidance"),
-    dict(variant='detach-data', against='davpt', question='detaching the data side (DA-VPT)'),
-    dict(variant='davpt-plus-detach', against='davpt-plus',
-         question='detaching the data side (DA-VPT+)'),
-]
 # The main table under the main schedule, written out as complete configs (for the rerun on
 # the held-back photos; tests/test_harness/test_study.py checks each equals its variant).
 final_configs = {

@@ -56,16 +56,22 @@ def by_variant(records: List[dict]) -> Dict[str, Dict[int, dict]]:
     return grouped
 
 
-def paired_difference(runs: Dict[str, Dict[int, dict]], variant: str, other: str):
-    """Mean ± std over the seeds both ran of ``mIoU(variant) - mIoU(other)``, and n.
+def paired_differences(runs: Dict[str, Dict[int, dict]], variant: str,
+                       other: str) -> Dict[int, float]:
+    """``mIoU(variant) - mIoU(other)`` per seed both ran, in seed order.
 
     The same seed gives both arms the same data order, head initialisation and prompts
     initialisation, so the paired difference removes most of the seed-to-seed swing.
     """
     seeds = sorted(set(runs.get(variant, {})) & set(runs.get(other, {})))
-    diffs = [runs[variant][s]['mIoU'] - runs[other][s]['mIoU'] for s in seeds]
-    mean, std = mean_std(diffs)
-    return mean, std, len(seeds)
+    return {s: runs[variant][s]['mIoU'] - runs[other][s]['mIoU'] for s in seeds}
+
+
+def paired_difference(runs: Dict[str, Dict[int, dict]], variant: str, other: str):
+    """Mean ± std over the seeds both ran of ``mIoU(variant) - mIoU(other)``, and n."""
+    diffs = paired_differences(runs, variant, other)
+    mean, std = mean_std(diffs.values())
+    return mean, std, len(diffs)
 
 
 def _millions(count: Optional[int]) -> str:
@@ -107,13 +113,13 @@ def contrast_table(runs, contrasts: Sequence[Contrast]) -> str:
              '|---|---|---|---|---|---|']
     for contrast in contrasts:
         a, b = contrast.variant, contrast.against
-        seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
-        if not seeds:
+        diffs = paired_differences(runs, a, b)
+        if not diffs:
             continue
-        per_seed = ' / '.join(f"{runs[a][s]['mIoU'] - runs[b][s]['mIoU']:+.2f}" for s in seeds)
-        mean, std, n = paired_difference(runs, a, b)
+        mean, std = mean_std(diffs.values())
         ratio = '–' if math.isnan(std) or std == 0 else f'{abs(mean) / std:.1f}'
-        lines.append(f'| {contrast.question} | {a} − {b} | {n} | {per_seed} | '
+        lines.append(f'| {contrast.question} | {a} − {b} | {len(diffs)} | '
+                     f'{" / ".join(f"{d:+.2f}" for d in diffs.values())} | '
                      f'{signed(mean, std)} | {ratio} |')
     return '\n'.join(lines)
 

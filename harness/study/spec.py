@@ -32,7 +32,9 @@ JSON or YAML) with these fields::
 
 ``options`` are nested dicts (``dict(model=dict(detach_data=True))``), passed to the tools
 as mmengine ``--cfg-options`` (``model.detach_data=True``). Names starting with ``_`` are
-the file's own helpers (an option dict several variants share), not fields.
+the file's own helpers (an option dict several variants share), not fields. Fields several
+studies share live in a file of ``configs/studies/`` whose name starts with ``_``, which the
+study files inherit with mmengine's ``_base_``; such a file is not a study.
 """
 import os.path as osp
 from dataclasses import dataclass, field
@@ -151,11 +153,11 @@ def resolve_study_path(name_or_path: str, repo: str) -> str:
     if osp.isfile(name_or_path):
         return name_or_path
     candidate = osp.join(repo, STUDY_DIR, f'{name_or_path}.py')
-    if osp.isfile(candidate):
+    if osp.isfile(candidate) and not name_or_path.startswith('_'):
         return candidate
     import glob
-    known = sorted(osp.splitext(osp.basename(p))[0]
-                   for p in glob.glob(osp.join(repo, STUDY_DIR, '*.py')))
+    known = sorted(osp.splitext(osp.basename(p))[0]  # `_*.py`: shared fields, not studies
+                   for p in glob.glob(osp.join(repo, STUDY_DIR, '[!_]*.py')))
     raise StudyError(f'no study {name_or_path!r}: give a study file or one of {known} '
                      f'({STUDY_DIR}/)')
 

@@ -174,6 +174,9 @@ def test_study_files_with_mistakes_are_clear_errors(tmp_path):
         load_study(str(bad), ROOT)
     with pytest.raises(StudyError, match=r"no study 'nosuch'.*\['camvid', 'ccp'"):
         load_study('nosuch', ROOT)
+    # the studies' shared fields are inherited, not run
+    with pytest.raises(StudyError, match=r"no study '_davpt_plus_contrasts'"):
+        load_study('_davpt_plus_contrasts', ROOT)
 
 
 # ------------------------------------------------------------ a third study, from data alone
@@ -449,8 +452,9 @@ def test_the_camvid_report_re_renders_unchanged_from_its_jsons(tmp_path, camvid)
     report.parent.mkdir(parents=True)
     shutil.copy(committed, report)
     records = {s.name: load_records(camvid.schedule_dir(ROOT, s)) for s in camvid.schedules}
-    # the finished study's 35 runs, and the ones the CCP study asked for since
-    assert len(records['300']) >= 35
+    # the finished study's 35 runs, and the 7 the CCP study asked for since: route and
+    # vpt-deep-kv on seeds 0-2, davpt-plus-detach seed 2
+    assert len(records['300']) == 35 + 7
     assert len(records['confirm600']) == 3
     study_report.render_report(camvid, records, str(report),
                                str(tmp_path / 'docs' / 'results' / 'camvid' / 'plots'))
