@@ -18,10 +18,25 @@ _PROMPT_LAYOUTS = {
                    num_extra_prompts=1),
 }
 _PROMPT_LAYOUTS['da-vpt+'] = _PROMPT_LAYOUTS['da-vpt']
-# mmengine names a Runner's logger and visualizer instances after its experiment, by
-# default the second it started: two runners built within one second (one test, a fast
-# machine) would share them, and the second's scalars would land in the first's work dir.
+# mmengine names a Runner's logger, message hub and visualizer instances after its
+# experiment, by default the second it started: two runners built within one second (one
+# test, a fast machine) would share them, and the second's scalars would land in the first's
+# work dir. Every config and runner the tests build takes its own name from this counter.
 _EXPERIMENTS = itertools.count()
+
+
+def fresh_experiment_name() -> str:
+    return f'tiny{next(_EXPERIMENTS)}'
+
+
+def build_runner(cfg):
+    """``Runner.from_cfg`` on a copy of ``cfg`` (a dict or Config) under a fresh experiment
+    name, so that building two runners from one config keeps their logs apart."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = copy.deepcopy(cfg if isinstance(cfg, Config) else Config(cfg))
+    cfg.experiment_name = fresh_experiment_name()
+    return Runner.from_cfg(cfg)
 
 
 def tiny_backbone(tuning_mode: str = 'da-vpt', **overrides) -> dict:
@@ -101,7 +116,7 @@ def tiny_train_cfg(work_dir: str, data_root: str, max_iters: int = 2, model: dic
     return dict(
         default_scope='mmseg',
         work_dir=work_dir,
-        experiment_name=f'tiny{next(_EXPERIMENTS)}',
+        experiment_name=fresh_experiment_name(),
         custom_imports=dict(imports=['davpt_seg'], allow_failed_imports=False),
         model=model or tiny_segmentor(),
         train_dataloader=dict(

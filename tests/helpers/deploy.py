@@ -11,11 +11,10 @@ import shutil
 import numpy as np
 import torch
 from mmengine.config import Config
-from mmengine.runner import Runner
 from mmseg.registry import MODELS
 from PIL import Image
 
-from tests.helpers import ROOT, tiny_backbone, tiny_segmentor, tiny_train_cfg
+from tests.helpers import ROOT, build_runner, tiny_backbone, tiny_segmentor, tiny_train_cfg
 from davpt_seg.checkpoint.trainable import export_trainable
 
 SLIDE = dict(mode='slide', crop_size=(32, 32), stride=(20, 20))
@@ -78,7 +77,7 @@ def trained_tiny_model(tmp_path_factory, data_root: str) -> dict:
     torch.save(trunk.state_dict(), paths['trunk'])
     torch.manual_seed(0)
     cfg = _config(str(root / 'train'), data_root, paths['trunk'])
-    Runner.from_cfg(Config(copy.deepcopy(cfg))).train()
+    build_runner(cfg).train()
     Config(cfg).dump(paths['config'])
     export_trainable(paths['full'], paths['export'])
     # The validation images (48x48), plus one of another size that is not whole patches.

@@ -9,11 +9,10 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
 from mmseg.registry import MODELS
 
 from davpt_seg.checkpoint.layout import legacy_key_renames, upgrade_legacy_keys
-from tests.helpers import ROOT, tiny_backbone, tiny_segmentor, tiny_train_cfg
+from tests.helpers import ROOT, build_runner, tiny_backbone, tiny_segmentor, tiny_train_cfg
 
 EXPORT = osp.join(ROOT, 'tools', 'misc', 'export_trainable.py')
 
@@ -44,7 +43,7 @@ def checkpoints(tmp_path_factory, synthetic_ade):
     torch.save(MODELS.build(tiny_backbone(tuning_mode='linear')).trunk.state_dict(), trunk)
     model = tiny_segmentor(tiny_backbone(init_cfg=dict(type='Pretrained', checkpoint=trunk)))
     cfg = tiny_train_cfg(str(root / 'train'), synthetic_ade, max_iters=2, model=model)
-    runner = Runner.from_cfg(Config(copy.deepcopy(cfg)))
+    runner = build_runner(cfg)
     runner.train()
     new = str(root / 'train' / 'iter_2.pth')
     old = str(root / 'old_layout.pth')
@@ -58,7 +57,7 @@ def _test_outputs(cfg: dict, work_dir: str, checkpoint: str):
     cfg.update(work_dir=work_dir, test_dataloader=copy.deepcopy(cfg['val_dataloader']),
                test_evaluator=copy.deepcopy(cfg['val_evaluator']),
                test_cfg=dict(type='TestLoop'), load_from=checkpoint)
-    runner = Runner.from_cfg(Config(cfg))
+    runner = build_runner(cfg)
     record = _Record()
     runner.register_hook(record)
     metrics = runner.test()

@@ -11,11 +11,10 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
 from mmseg.registry import MODELS
 from PIL import Image
 
-from tests.helpers import ROOT, tiny_backbone, tiny_segmentor, tiny_train_cfg
+from tests.helpers import ROOT, build_runner, tiny_backbone, tiny_segmentor, tiny_train_cfg
 from davpt_seg.checkpoint import trainable as tc
 
 REPO = ROOT
@@ -53,7 +52,7 @@ class _Record(Hook):
 
 def _predict(cfg):
     """What tools/test.py does (Runner.from_cfg with load_from, runner.test()), recorded."""
-    runner = Runner.from_cfg(Config(cfg))
+    runner = build_runner(cfg)
     record = _Record()
     runner.register_hook(record)
     runner.test()
@@ -67,8 +66,8 @@ def trained(tmp_path_factory, synthetic_ade):
     trunk = str(root / 'trunk.pth')
     _write_trunk(trunk, seed=1)
     work_dir = str(root / 'train')
-    runner = Runner.from_cfg(Config(tiny_train_cfg(work_dir, synthetic_ade, max_iters=2,
-                                                   model=_model_cfg(trunk))))
+    runner = build_runner(tiny_train_cfg(work_dir, synthetic_ade, max_iters=2,
+                                        model=_model_cfg(trunk)))
     runner.train()
     full = osp.join(work_dir, 'iter_2.pth')
     export = str(root / 'export' / 'trainable.pth')

@@ -21,10 +21,9 @@ import pytest
 import timm
 import torch
 from mmengine.config import Config
-from mmengine.runner import Runner
 from mmseg.models.backbones import VisionTransformer
 
-from tests.helpers import ROOT, NUM_CLASSES, TINY_TIMM
+from tests.helpers import NUM_CLASSES, ROOT, TINY_TIMM, build_runner
 
 DOC = osp.join(ROOT, 'docs', 'mixing.md')
 MMSEG_CONFIGS = osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs')
@@ -173,10 +172,10 @@ def test_recipe_turns_mmseg_vit_configs_into_davpt(name, tmp_path, synthetic_ade
     assert cfg.train_dataloader.dataset.type == 'ADE20KDataset'
     if not cfg.model.backbone.with_cls_token:  # SETR-MLA: the doc says to keep CLS
         with pytest.raises(ValueError, match='need the CLS token.*with_cls_token=True'):
-            Runner.from_cfg(tiny(cfg, config, synthetic_ade, str(tmp_path / 'x'), name))
+            build_runner(tiny(cfg, config, synthetic_ade, str(tmp_path / 'x'), name))
         cfg.model.backbone.with_cls_token = True
 
-    runner = Runner.from_cfg(tiny(cfg, config, synthetic_ade, str(tmp_path / 'work'), name))
+    runner = build_runner(tiny(cfg, config, synthetic_ade, str(tmp_path / 'work'), name))
     runner.train()
     assert runner.iter == 1
     model = runner.model
@@ -202,7 +201,7 @@ def test_setr_mla_without_cls_token_trains_as_vpt_deep(tmp_path, synthetic_ade):
     # docs/mixing.md: VPT-Deep has no metric losses and no mapping hook
     cfg.model.update(loss_prompt_token=None, loss_prompt_cls=None)
     cfg.custom_hooks = []
-    runner = Runner.from_cfg(tiny(cfg, config, synthetic_ade, str(tmp_path / 'work'),
+    runner = build_runner(tiny(cfg, config, synthetic_ade, str(tmp_path / 'work'),
                                   'mla-vpt'))
     runner.train()
     assert runner.iter == 1 and runner.model.backbone.num_prefix == 0

@@ -5,10 +5,8 @@ import os.path as osp
 
 import pytest
 import torch
-from mmengine.config import Config
-from mmengine.runner import Runner
 
-from tests.helpers import tiny_train_cfg
+from tests.helpers import build_runner, tiny_train_cfg
 
 
 def _scalars(work_dir):
@@ -20,7 +18,7 @@ def _scalars(work_dir):
 
 def test_training_iteration_logs_metric_losses(tmp_path, synthetic_ade):
     work_dir = str(tmp_path / 'work')
-    runner = Runner.from_cfg(Config(tiny_train_cfg(work_dir, synthetic_ade, max_iters=2)))
+    runner = build_runner(tiny_train_cfg(work_dir, synthetic_ade, max_iters=2))
     runner.train()
     records = _scalars(work_dir)
     assert len(records) == 2
@@ -37,13 +35,13 @@ def test_training_iteration_logs_metric_losses(tmp_path, synthetic_ade):
 def test_resume_restores_training_state(tmp_path, synthetic_ade):
     """torch >= 2.6 loads with weights_only=True: mmengine's own checkpoints must resume."""
     work_dir = str(tmp_path / 'work')
-    first = Runner.from_cfg(Config(tiny_train_cfg(work_dir, synthetic_ade, max_iters=2)))
+    first = build_runner(tiny_train_cfg(work_dir, synthetic_ade, max_iters=2))
     first.train()
     trained = {k: v.clone() for k, v in first.model.state_dict().items()}
 
     cfg = tiny_train_cfg(work_dir, synthetic_ade, max_iters=3)
     cfg.update(resume=True)
-    second = Runner.from_cfg(Config(cfg))
+    second = build_runner(cfg)
     second.load_or_resume()
     assert second.iter == 2
     for key, value in second.model.state_dict().items():
@@ -69,7 +67,7 @@ def test_training_iteration_with_compile_computes_what_eager_does(tmp_path, synt
         work_dir = str(tmp_path / name)
         cfg = tiny_train_cfg(work_dir, synthetic_ade, max_iters=1)
         cfg.update(compile=compile_cfg, val_dataloader=None, val_cfg=None, val_evaluator=None)
-        runner = Runner.from_cfg(Config(cfg))
+        runner = build_runner(cfg)
         runner.train()
         assert hasattr(runner.model.train_step, '_torchdynamo_orig_callable') == \
             (compile_cfg is not None)

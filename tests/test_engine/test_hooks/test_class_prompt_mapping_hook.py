@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.logging import MMLogger
-from mmengine.runner import Runner
 from PIL import Image
 from sklearn.cluster import KMeans
 
-from tests.helpers import NUM_CLASSES, tiny_backbone, tiny_segmentor, tiny_train_cfg
+from tests.helpers import NUM_CLASSES, build_runner, tiny_backbone, tiny_segmentor, tiny_train_cfg
 from harness.synthetic import make_ade_like_dataset
 from davpt_seg.engine import ClassPromptMappingHook
 from davpt_seg.models import ClassPromptMapping, DAVPTEncoderDecoder
@@ -235,7 +233,7 @@ def test_initial_pass_equals_kmeans_on_the_class_means(tmp_path, synthetic_ade, 
     model = tiny_segmentor(class_representation=representation)
     cfg = _hook_cfg(str(tmp_path / 'work'), synthetic_ade, max_iters=1,
                     pipeline=FIXED_PIPELINE, model=model, init_batches=None, interval=None)
-    runner = Runner.from_cfg(Config(cfg))
+    runner = build_runner(cfg)
     runner.train()  # one epoch is 4 iterations: no update yet
     segmentor = runner.model
     mapping = segmentor.class_prompt_mapping
@@ -273,8 +271,7 @@ def test_resume_restores_mapping_without_a_second_initial_pass(tmp_path, synthet
 
     work_dir = str(tmp_path / 'work')
     # Update at iteration 3; the checkpoint at 4 holds one iteration of statistics.
-    first = Runner.from_cfg(Config(_hook_cfg(work_dir, synthetic_ade, 4, init_batches=2,
-                                             interval=3)))
+    first = build_runner(_hook_cfg(work_dir, synthetic_ade, 4, init_batches=2, interval=3))
     first.train()
     assert len(passes) == 2, 'init_batches=2: two batches in the initial pass'
     assert reclusters == [False, True], 'initial clustering, then one warm update'
@@ -286,7 +283,7 @@ def test_resume_restores_mapping_without_a_second_initial_pass(tmp_path, synthet
 
     cfg = _hook_cfg(work_dir, synthetic_ade, 5, init_batches=2, interval=3)
     cfg.update(resume=True)
-    second = Runner.from_cfg(Config(cfg))
+    second = build_runner(cfg)
     second.load_or_resume()
     for key, value in second.model.class_prompt_mapping.state_dict().items():
         assert torch.equal(value, saved[key]), key
@@ -304,8 +301,8 @@ def test_resume_restores_mapping_without_a_second_initial_pass(tmp_path, synthet
 def test_hook_does_nothing_without_metric_losses(tmp_path, synthetic_ade):
     """Plain VPT-Deep runs the same config with the hook in place."""
     model = tiny_segmentor(tiny_backbone(tuning_mode='vpt-deep'))
-    runner = Runner.from_cfg(Config(_hook_cfg(str(tmp_path / 'work'), synthetic_ade, 2,
-                                              model=model, interval=1)))
+    runner = build_runner(_hook_cfg(str(tmp_path / 'work'), synthetic_ade, 2,
+                                    model=model, interval=1))
     capture = _Capture()
     runner.logger.addHandler(capture)
     runner.train()
@@ -320,7 +317,7 @@ def test_dataset_without_eligible_class_is_an_error(tmp_path):
         Image.fromarray(np.zeros((48, 48), np.uint8)).save(path)  # all "other": ignored
     cfg = _hook_cfg(str(tmp_path / 'work'), root, max_iters=1)
     with pytest.raises(RuntimeError, match='no class is present in any image'):
-        Runner.from_cfg(Config(cfg)).train()
+        build_runner(cfg).train()
 
 
 def test_the_old_name_of_the_hook_says_its_new_name():
