@@ -27,7 +27,8 @@ variants = [
     dict(name='vpt-deep', config='setr_pup_dinov2-s14_vpt-deep_ccp.py', group='main',
          description='VPT-Deep, 10 prompts per block'),
     dict(name='davpt', config='setr_pup_dinov2-s14_davpt_ccp.py', group='main',
-         description="DA-VPT, the paper's settings (M = 10, block 8)"),
+         description="DA-VPT, the paper's settings (M = 10, block 8, beta = gamma = 0.05, "
+                     "one random class per image, k-means over regions)"),
     dict(name='detach-data', config='setr_pup_dinov2-s14_davpt_ccp.py', group='main',
          description='DA-VPT with the patch/CLS embeddings detached', options=_detach),
     dict(name='davpt-plus', config='setr_pup_dinov2-s14_davpt-plus_ccp.py', group='main',

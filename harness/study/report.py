@@ -142,8 +142,13 @@ def ablation_table(runs, variants, reference: str, baseline: str) -> str:
              '|---|---|---|---|---|---|---|']
     rows = [v for v in variants if v.name in runs and
             (v.group != 'main' or v.name in (reference, baseline))]
+    # The reference and baseline first, then each switch where the study file first names
+    # it (its ablations before what goes beyond the paper); sort() is stable.
     order = {reference: 0, baseline: 1}
-    rows.sort(key=lambda v: (order.get(v.name, 2), v.group != 'main', v.group))
+    first_of_group = {}
+    for index, variant in enumerate(variants):
+        first_of_group.setdefault(variant.group, index)
+    rows.sort(key=lambda v: (order.get(v.name, 2), first_of_group[v.group]))
     for variant in rows:
         seeds = runs[variant.name]
         values = [seeds[s]['mIoU'] for s in sorted(seeds)]

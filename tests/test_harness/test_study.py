@@ -410,6 +410,15 @@ def test_report_blocks_are_replaced_not_duplicated(tmp_path, camvid):
     assert '| detach-data | 2 | 0.750 ± 0.000 | – | – | 41.50 ± 0.71 |' in blocks['training']
 
 
+def test_ablation_rows_follow_the_study_file_not_the_alphabet(camvid):
+    names = ('route', 'detach-data', 'kmeans-cls', 'davpt', 'pa-authors', 'vpt-deep')
+    runs = study_report.by_variant([fake_record(name, 0, 40.) for name in names])
+    table = study_report.ablation_table(runs, camvid.variants, 'davpt', 'vpt-deep')
+    rows = [line.split(' | ')[1] for line in table.splitlines()[2:]]
+    # reference and baseline, then each switch where camvid.py first names it
+    assert rows == ['davpt', 'vpt-deep', 'pa-authors', 'kmeans-cls', 'detach-data', 'route']
+
+
 def test_a_schedule_with_a_block_gets_its_own_table(tmp_path, camvid):
     records = [fake_record('vpt-deep', 0, 40.), fake_record('davpt', 0, 39.)]
     longer = [fake_record('vpt-deep', s, 45. + s) for s in range(2)] + \
