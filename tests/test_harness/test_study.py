@@ -461,9 +461,9 @@ def test_the_camvid_report_re_renders_unchanged_from_its_jsons(tmp_path, camvid)
     report.parent.mkdir(parents=True)
     shutil.copy(committed, report)
     records = {s.name: load_records(camvid.schedule_dir(ROOT, s)) for s in camvid.schedules}
-    # the finished study's 35 runs, and the 7 the CCP study asked for since: route and
-    # vpt-deep-kv on seeds 0-2, davpt-plus-detach seed 2
-    assert len(records['300']) == 35 + 7
+    # the finished study's 35 runs, and the 8 the CCP study asked for since: route and
+    # vpt-deep-kv on seeds 0-2, davpt-plus-detach and guided-last seed 2
+    assert len(records['300']) == 35 + 8
     assert len(records['confirm600']) == 3
     study_report.render_report(camvid, records, str(report),
                                str(tmp_path / 'docs' / 'results' / 'camvid' / 'plots'))
