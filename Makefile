@@ -7,11 +7,15 @@ PYTEST_ARGS ?=
 
 .PHONY: setup test test-fast lint demo clean-venv
 
-setup: $(SETUP_STAMP)
+# Always runs (idempotent: seconds when nothing is missing), so that a switch such as
+# `MMCV_OPS=compiled make setup` takes effect on an environment that is already set up.
+setup:
+	VENV=$(VENV) bash tools/misc/setup_env.sh
+	touch $(SETUP_STAMP)
 
-# Re-run the set-up only when its inputs change (it is idempotent anyway, but this keeps a
-# second `make test` from spending even the seconds of its checks).
-$(SETUP_STAMP): setup.py tools/misc/setup_env.sh
+# test, demo and lint re-run the set-up only when its inputs change, which keeps a second
+# `make test` from spending even the seconds of its checks.
+$(SETUP_STAMP): setup.py tools/misc/setup_env.sh tools/misc/setup_mmcv.sh
 	VENV=$(VENV) bash tools/misc/setup_env.sh
 	touch $@
 

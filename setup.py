@@ -14,8 +14,11 @@ setup(
         # GuidedAttention goes in through it); tested up to 1.0.31.
         'timm>=1.0.23,<1.1',
         'mmengine>=0.10.4,<1.0',
-        # mmsegmentation 1.2.2 asserts this range at import time.
-        'mmcv>=2.0.0rc4,<2.2.0',
+        # mmcv (>=2.0.0rc4,<2.2.0: mmseg 1.2.2 asserts the range at import time) is not
+        # listed: either of its two distributions provides the package, mmcv-lite (no
+        # compiled ops, enough for every config here: davpt_seg/mmcv_lite.py) or mmcv, and
+        # pip cannot say "either". tools/misc/setup_mmcv.sh installs the one asked for; a
+        # listed `mmcv` would make pip compile it from source beside mmcv-lite.
         'mmsegmentation>=1.2.2,<1.3',
         'scikit-learn>=1.3',
         # mmseg's tokenizer imports these without declaring them.

@@ -9,7 +9,7 @@ from tests.helpers import ROOT
 PACKAGE = osp.join(ROOT, 'davpt_seg')
 # Bottom to top; a module may import its own layer and those below it.
 LAYERS = (
-    ('checkpoint', ),
+    ('checkpoint', 'mmcv_lite'),
     ('models', 'datasets', 'evaluation'),
     ('engine', ),
     ('deploy', 'visualization', 'launch'),
