@@ -53,7 +53,8 @@ class StandInExtension(types.ModuleType):
     mmcv's ``ext_loader.load_ext`` only checks that the names it needs exist, so
     ``import mmcv.ops`` succeeds.
     """
-    # Marks the stand-in across copies of this module (the .pth loads it under another name).
+    # Marks the stand-in by attribute, not class: `python davpt_seg/mmcv_lite.py` runs a
+    # second copy of this module (as __main__) beside the one the .pth installed.
     davpt_seg_mmcv_stand_in = True
 
     def __getattr__(self, name: str):
@@ -102,10 +103,15 @@ def compiled_ops_installed() -> bool:
 
 
 def pth_line(module_path: str = osp.abspath(__file__)) -> str:
-    """The ``.pth`` line that loads this file by path (not the package) and installs."""
-    return ('import importlib.util as _u; _s = _u.spec_from_file_location('
-            f"'davpt_seg_mmcv_lite_hook', {module_path!r}); _m = _u.module_from_spec(_s); "
-            '_s.loader.exec_module(_m); _m.install(); del _u, _s, _m\n')
+    """The ``.pth`` line that loads this file by path, without the package, and installs.
+
+    It registers the module under its own name, ``davpt_seg.mmcv_lite``, so that the later
+    ``import davpt_seg`` reuses it: one module, one ``MissingCompiledOpsError`` to catch.
+    """
+    return ('import sys, importlib.util as _u; _s = _u.spec_from_file_location('
+            f"'davpt_seg.mmcv_lite', {module_path!r}); _m = _u.module_from_spec(_s); "
+            "sys.modules.setdefault('davpt_seg.mmcv_lite', _m); _s.loader.exec_module(_m); "
+            '_m.install(); del _u, _s, _m\n')
 
 
 def write_pth(site_packages: str) -> str:
