@@ -109,11 +109,25 @@ schedules = [
     dict(name='linhead-lr3e-3-600', dir='linhead-lr3e-3-600', iters=600,
          options=dict(_linear_head, optim_wrapper=dict(optimizer=dict(lr=3e-3))),
          description='a linear head (1x1 conv), lr 3e-3, 600 iterations'),
+    # Does the guidance pay with training length? The main protocol three times as long
+    # (22 epochs of the 654 photos), for a GPU: 12 runs at once on one H200 (`--jobs 12`)
+    # took about 0.2 s per iteration each at 600 iterations, so an estimated 6 minutes of
+    # training plus 2-2.5 of start-up, k-means pass and scoring: under 9 minutes, where
+    # 2,000 iterations would leave no margin. The mapping hook re-clusters once per epoch
+    # (`interval=None`: 82 iterations), so each update still sees every photo once, and the
+    # mapping is updated 21 times instead of 7. `guided-last` joins if a GPU session has time
+    # left (`--variants guided-last`).
+    dict(name='linhead-lr3e-3-1800', dir='linhead-lr3e-3-1800', iters=1800,
+         options=dict(_linear_head, optim_wrapper=dict(optimizer=dict(lr=3e-3))),
+         block='length', variants=['vpt-deep', 'davpt', 'vpt-deep-kv', 'davpt-plus-detach'],
+         seeds=[0, 1, 2],
+         description='a linear head (1x1 conv), lr 3e-3, 1800 iterations (on a GPU)'),
 ]
 main_schedule = 'linhead-lr3e-3-600'
 curve_variants = ['linear', 'vpt-deep', 'davpt', 'detach-data', 'davpt-plus',
                   'davpt-plus-detach']
-blocks = ['power', 'main', 'contrasts', 'ablation', 'training', 'per-class', 'plots', 'runs']
+blocks = ['power', 'main', 'contrasts', 'length', 'ablation', 'training', 'per-class',
+          'plots', 'runs']
 # The main table under the main schedule, and the one ablation that beat VPT-Deep on every
 # seed, written out as complete configs (for the rerun on the held-back photos;
 # tests/test_harness/test_study.py checks each equals its variant).

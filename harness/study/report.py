@@ -4,15 +4,20 @@ The report is part hand-written, part generated: the generated parts sit between
 ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->`` markers
 (:mod:`harness.markdown`) and are replaced on every render, everything else (the findings,
 the reasoning) is kept as written. Which blocks a report has is the study file's ``blocks``.
+
+Runs made on different devices (the CPU, a GPU by its name: each record's ``device``) are
+never paired or pooled: every table over a schedule's runs is made per device, and
+:func:`by_variant` refuses records of more than one.
 """
 import math
 import os
 import os.path as osp
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..markdown import replace_block
-from .spec import Contrast, Study
+from .runner import UNKNOWN_DEVICE, record_device
+from .spec import Contrast, Schedule, Study
 
 # VPT-Deep must beat the heads alone by this many of its own seed std for a schedule to
 # have the power to tell prompt variants apart (the "power" block).
@@ -50,10 +55,63 @@ def signed(mean: float, std: float) -> str:
 
 
 def by_variant(records: List[dict]) -> Dict[str, Dict[int, dict]]:
+    """``{variant: {seed: record}}``, what every table pairs and pools: so the records must
+    come from one device (split them with :func:`by_device` first)."""
+    devices = sorted({record_device(r) for r in records})
+    if len(devices) > 1:
+        raise ValueError(f'runs from devices {devices} would be paired or pooled; split them '
+                         'with by_device() and tabulate each device on its own')
     grouped: Dict[str, Dict[int, dict]] = defaultdict(dict)
     for record in records:
         grouped[record['variant']][record['seed']] = record
     return grouped
+
+
+DeviceGroups = List[Tuple[str, List[dict]]]
+
+
+def by_device(records: List[dict]) -> DeviceGroups:
+    """``[(device, its records)]``, the device with the most runs first (ties by name)."""
+    grouped: Dict[str, List[dict]] = defaultdict(list)
+    for record in records:
+        grouped[record_device(record)].append(record)
+    return sorted(grouped.items(), key=lambda item: (-len(item[1]), item[0]))
+
+
+def device_name(device: str) -> str:
+    return {'cpu': 'CPU', UNKNOWN_DEVICE: 'unrecorded device'}.get(device, device)
+
+
+def _the(device: str) -> str:
+    return f'the {device_name(device)}' if device in ('cpu', UNKNOWN_DEVICE) else device
+
+
+def _runs(count: int) -> str:
+    return f'{count} run' if count == 1 else f'{count} runs'
+
+
+def devices_line(schedule: str, groups: DeviceGroups) -> str:
+    """Where a schedule's runs trained, for the top of its table."""
+    if not groups:
+        return ''
+    if len(groups) == 1:
+        device, records = groups[0]
+        every = 'The run' if len(records) == 1 else f'All {len(records)} runs'
+        return f'{every} of schedule `{schedule}` trained on {_the(device)}.'
+    where = ', '.join(f'{_the(device)} ({_runs(len(records))})' for device, records in groups)
+    return (f'The runs of schedule `{schedule}` trained on {where}. Runs on different devices '
+            'are neither paired nor pooled: each device has its own table.')
+
+
+def per_device(groups: DeviceGroups, render: Callable[[Dict[str, Dict[int, dict]]], str]
+               ) -> str:
+    """``render`` on each device's runs; one device needs no caption."""
+    if not groups:
+        return render({})
+    if len(groups) == 1:
+        return render(by_variant(groups[0][1]))
+    return '\n\n'.join(f'On {_the(device)} ({_runs(len(records))}):\n\n'
+                        f'{render(by_variant(records))}' for device, records in groups)
 
 
 def paired_differences(runs: Dict[str, Dict[int, dict]], variant: str,
@@ -220,14 +278,72 @@ def per_class_table(runs, variants, names: Sequence[str]) -> str:
     return '\n'.join(lines)
 
 
-def runs_table(records: List[dict]) -> str:
-    lines = ['| variant | seed | mIoU | aAcc | iterations | train min | commit |',
-             '|---|---|---|---|---|---|---|']
-    for r in sorted(records, key=lambda r: (r['variant'], r['seed'])):
+def runs_table(runs: List[Tuple[str, dict]]) -> str:
+    """Every run, as (schedule, record) pairs: records written before the runner recorded
+    their schedule and device have neither field."""
+    lines = ['| variant | seed | schedule | device | mIoU | aAcc | iterations | train min | '
+             'commit |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for schedule, r in sorted(runs, key=lambda run: (run[1]['variant'], run[1]['seed'])):
         commit = (r.get('git_commit') or '')[:9]
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['mIoU']:.2f} | "
+        lines.append(f"| {r['variant']} | {r['seed']} | {schedule} | "
+                     f"{device_name(record_device(r))} | {r['mIoU']:.2f} | "
                      f"{r.get('aAcc') or float('nan'):.2f} | {r.get('iterations')} | "
                      f"{r['train_seconds'] / 60:.1f} | {commit} |")
+    return '\n'.join(lines)
+
+
+def _scores(runs: Dict[str, Dict[int, dict]], variant: str) -> str:
+    values = [r['mIoU'] for r in runs.get(variant, {}).values()]
+    return f'{fmt(*mean_std(values))} (n={len(values)})' if values else '–'
+
+
+def length_table(study: Study, schedule_groups: Dict[str, DeviceGroups],
+                 schedule: Schedule) -> str:
+    """A longer (or other) schedule beside the main one: per variant the val mIoU and the
+    paired Δ against the baseline under each schedule, then the study's contrasts likewise.
+
+    Every Δ pairs runs of one schedule on one device (a column per schedule and device);
+    schedules and devices meet only through their Δs, never in one pair or mean. The rows are
+    the schedule's variants (its ``variants``, and any other that ran under it)."""
+    main = study.schedule()
+    columns = [(s, device, by_variant(records)) for s in (main, schedule)
+               for device, records in schedule_groups.get(s.name, [])]
+    ran = {name for s, _, runs in columns if s is schedule for name in runs}
+    wanted = set(schedule.variants) | ran
+    rows = [v.name for v in study.variants if v.name in wanted]
+    heads = [f'`{s.name}` on {device_name(device)}' for s, device, _ in columns]
+    if not ran:
+        columns.append((schedule, None, {}))
+        heads.append(f'`{schedule.name}` (not run yet)')
+    baseline = study.baseline
+    lines = ['| variant | ' + ' | '.join(f'{head}: val mIoU | Δ vs {baseline} (paired)'
+                                         for head in heads) + ' |',
+             '|---|' + '---|---|' * len(heads)]
+    for name in rows:
+        cells = []
+        for _, _, runs in columns:
+            delta = '–' if name == baseline else \
+                signed(*paired_difference(runs, name, baseline)[:2])
+            cells += [_scores(runs, name), delta]
+        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    contrasts = [c for c in study.contrasts if c.variant in rows and c.against in rows]
+    if contrasts:
+        lines += ['', '| question | variant − against | ' +
+                  ' | '.join(f'{head}: Δ (paired)' for head in heads) + ' |',
+                  '|---|---|' + '---|' * len(heads)]
+        for contrast in contrasts:
+            cells = []
+            for _, _, runs in columns:
+                mean, std, n = paired_difference(runs, contrast.variant, contrast.against)
+                cells.append('–' if not n else f'{signed(mean, std)} (n={n})')
+            lines.append(f'| {contrast.question} | {contrast.variant} − {contrast.against} | '
+                         + ' | '.join(cells) + ' |')
+    if not ran:
+        count = len(schedule.variants or study.variants) * max(len(schedule.seeds), 1)
+        lines += ['', f'No runs of `{schedule.name}` yet: `python tools/study.py {study.name} '
+                  f'run --schedule {schedule.name} --jobs {count}` makes its {count} runs, all '
+                  'at once.']
     return '\n'.join(lines)
 
 
@@ -308,15 +424,17 @@ def plot_curves(runs, variants, names: Sequence[str], path: str) -> List[Dict[st
     return drawn
 
 
-def power_table(schedule_runs: Dict[str, Dict[str, Dict[int, dict]]], study: Study) -> str:
-    """Per schedule: the heads alone against VPT-Deep, and whether the margin clears
-    ``POWER_FACTOR`` times VPT-Deep's seed std (the study's power to tell variants apart)."""
+def power_table(schedule_groups: Dict[str, DeviceGroups], study: Study) -> str:
+    """Per schedule and device: the heads alone against VPT-Deep, and whether the margin
+    clears ``POWER_FACTOR`` times VPT-Deep's seed std (the study's power to tell variants
+    apart)."""
     heads, baseline = study.heads_only, study.baseline
-    lines = [f'| schedule | what it changes | {heads} | {baseline} | Δ {baseline} − {heads} '
-             f'(paired) | Δ / std({baseline}) | ≥ {POWER_FACTOR:g}× std? |',
-             '|---|---|---|---|---|---|---|']
-    for schedule in study.schedules:
-        runs = schedule_runs.get(schedule.name, {})
+    lines = [f'| schedule | what it changes | runs on | {heads} | {baseline} | '
+             f'Δ {baseline} − {heads} (paired) | Δ / std({baseline}) | '
+             f'≥ {POWER_FACTOR:g}× std? |',
+             '|---|---|---|---|---|---|---|---|']
+    for schedule, device, runs in ((s, device, by_variant(records)) for s in study.schedules
+                                   for device, records in schedule_groups.get(s.name, [])):
         if heads not in runs and baseline not in runs:
             continue
         # A schedule piloted on one side only is still part of the search: shown, no verdict.
@@ -334,7 +452,7 @@ def power_table(schedule_runs: Dict[str, Dict[str, Dict[int, dict]]], study: Stu
         main = ' (main)' if schedule.name == study.main_schedule else ''
         lines.append(
             f'| {schedule.name}{main} | {schedule.description or "the configs as written"} | '
-            f'{cells[0]} | {cells[1]} | {difference} | '
+            f'{device_name(device)} | {cells[0]} | {cells[1]} | {difference} | '
             f'{"–" if math.isnan(ratio) else f"{ratio:.1f}"} | {verdict} |')
     return '\n'.join(lines)
 
@@ -345,33 +463,48 @@ def render_report(study: Study, records_by_schedule: Dict[str, List[dict]],
     """Writes the study's generated blocks into ``report_path`` and the plots; returns every
     block it can render (the report holds those of ``study.blocks``).
     ``records_by_schedule``: every schedule's finished runs."""
-    schedule_runs = {name: by_variant(records)
-                     for name, records in records_by_schedule.items()}
-    runs = schedule_runs.get(study.main_schedule, {})
+    groups = {s.name: by_device(records_by_schedule.get(s.name, [])) for s in study.schedules}
+    main_groups = groups[study.main_schedule]
     variants, reference, baseline = study.variants, study.reference, study.baseline
     os.makedirs(plot_dir, exist_ok=True)
     miou_png = osp.join(plot_dir, 'miou.png')
     curves_png = osp.join(plot_dir, 'curves.png')
-    plot_miou(runs, variants, baseline, miou_png, study.dataset)
-    plot_curves(runs, variants, study.curve_variants, curves_png)
+    # A plot pools each variant's seeds: it draws the device with the most runs.
+    plotted = by_variant(main_groups[0][1]) if main_groups else {}
+    plot_miou(plotted, variants, baseline, miou_png, study.dataset)
+    plot_curves(plotted, variants, study.curve_variants, curves_png)
     rel = lambda p: osp.relpath(p, osp.dirname(report_path))  # noqa: E731
     main_names = [v.name for v in variants if v.group == 'main']
-    everything = [r for s in study.schedules for r in records_by_schedule.get(s.name, [])]
+    everything = [(s.name, r) for s in study.schedules
+                  for r in records_by_schedule.get(s.name, [])]
+    configs = main_schedule_configs(study)
     blocks = {
-        'power': power_table(schedule_runs, study),
-        'main': main_table(runs, variants, baseline, configs=main_schedule_configs(study)),
-        'contrasts': contrast_table(runs, study.contrasts),
-        'ablation': ablation_table(runs, variants, reference, baseline),
-        'training': training_table(runs, variants),
-        'per-class': per_class_table(runs, variants, main_names),
-        'plots': f'![val mIoU per variant]({rel(miou_png)})\n\n'
-                 f'![training curves]({rel(curves_png)})',
+        'power': power_table(groups, study),
+        'main': '\n\n'.join(filter(None, [
+            devices_line(study.main_schedule, main_groups),
+            per_device(main_groups, lambda runs: main_table(runs, variants, baseline,
+                                                            configs=configs))])),
+        'contrasts': per_device(main_groups, lambda runs: contrast_table(runs,
+                                                                         study.contrasts)),
+        'ablation': per_device(main_groups, lambda runs: ablation_table(runs, variants,
+                                                                        reference, baseline)),
+        'training': per_device(main_groups, lambda runs: training_table(runs, variants)),
+        'per-class': per_device(main_groups, lambda runs: per_class_table(runs, variants,
+                                                                          main_names)),
+        'plots': (f'Runs on {_the(main_groups[0][0])} only.\n\n' if len(main_groups) > 1
+                  else '') + f'![val mIoU per variant]({rel(miou_png)})\n\n'
+                             f'![training curves]({rel(curves_png)})',
         'runs': runs_table(everything),
     }
     for schedule in study.schedules:
-        if schedule.block:
-            extra = schedule_runs.get(schedule.name, {})
-            blocks[schedule.block] = main_table(extra, variants, baseline, names=list(extra)) \
+        if schedule.block == 'length':
+            blocks['length'] = length_table(study, groups, schedule)
+        elif schedule.block:
+            extra = groups[schedule.name]
+            blocks[schedule.block] = '\n\n'.join([
+                devices_line(schedule.name, extra),
+                per_device(extra, lambda runs: main_table(runs, variants, baseline,
+                                                          names=list(runs)))]) \
                 if extra else '(no runs yet)'
     text = open(report_path).read() if osp.exists(report_path) else f'# {study.title}\n'
     for name in study.blocks:

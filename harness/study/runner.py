@@ -1,8 +1,11 @@
 """Runs a study (``harness.study.spec``): every (variant, seed, schedule) is trained with the
 real ``tools/train.py`` and scored with the real ``tools/test.py``; each finished run leaves
 one JSON (val mIoU, per-class IoU, trainable parameters, wall time, training curves, the
-config diff against the reference variant). Runs whose JSON exists are skipped, so an
-interrupted study continues where it stopped.
+config diff against the reference variant, the device it trained on). Runs whose JSON
+exists are skipped, so an interrupted study continues where it stopped.
+
+``jobs`` runs go at once, each its own pair of processes with its own log (on one shared
+GPU, or as that many CPU runs); a failed run is reported and the others go on.
 """
 import datetime
 import json
@@ -12,8 +15,12 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
-from typing import Dict, List, Optional, Sequence
+import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .spec import Schedule, Study, Variant
 
@@ -21,6 +28,12 @@ CURVE_KEYS = ('loss', 'decode.loss_ce', 'loss_prompt_token', 'loss_prompt_cls', 
 DATA_ROOT_KEYS = ('train_dataloader.dataset.data_root', 'val_dataloader.dataset.data_root',
                   'test_dataloader.dataset.data_root')
 PRETRAINED_KEY = 'model.backbone.init_cfg.checkpoint'
+# Records written before the runner recorded the device have no `device` field. Every one of
+# them was made on the 2-core CPU development machine (their commands' paths and wall times
+# of 11-68 minutes per run say so; the GPU runs of issue #32 were not kept as records), so
+# they count as CPU runs.
+LEGACY_DEVICE = 'cpu'
+UNKNOWN_DEVICE = 'unknown'
 
 
 # ------------------------------------------------------------------------------- options
@@ -79,42 +92,63 @@ def result_path(results_dir: str, variant: str, seed: int) -> str:
     return osp.join(results_dir, variant, f'seed{seed}.json')
 
 
-def run_one(repo: str, study: Study, variant: Variant, schedule: Schedule, seed: int,
-            data_root: Optional[str], pretrained: Optional[str], work_root: str,
-            threads: Optional[int] = None) -> dict:
-    """Trains and tests one (variant, seed) with the real tools; returns its record."""
-    work_dir = osp.join(work_root, schedule.dir, variant.name, f'seed{seed}')
-    os.makedirs(work_dir, exist_ok=True)
-    options = run_options(repo, variant, schedule, seed, data_root, pretrained)
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (variant, seed) of a schedule, with everything that reads the configs already
+    worked out (:func:`plan_run`), so that running it only starts processes and reads files."""
+    variant: Variant
+    seed: int
+    schedule: str
+    work_dir: str
+    options: Tuple[str, ...]  # the tools' --cfg-options
+    config_diff: Dict[str, list]
+    threads: Optional[int]  # None: torch's default (one per core)
+    jobs: int = 1  # runs the study ran at once, this one among them
+
+    @property
+    def log(self) -> str:
+        return osp.join(self.work_dir, 'study.log')
+
+
+def plan_run(repo: str, study: Study, variant: Variant, schedule: Schedule, seed: int,
+             data_root: Optional[str], pretrained: Optional[str], work_root: str,
+             threads: Optional[int] = None, jobs: int = 1) -> PlannedRun:
+    return PlannedRun(
+        variant=variant, seed=seed, schedule=schedule.name,
+        work_dir=osp.join(work_root, schedule.dir, variant.name, f'seed{seed}'),
+        options=tuple(run_options(repo, variant, schedule, seed, data_root, pretrained)),
+        config_diff=config_diff(repo, study, variant), threads=threads, jobs=jobs)
+
+
+def execute_run(repo: str, plan: PlannedRun) -> dict:
+    """Runs `tools/train.py`, then `tools/test.py` on its checkpoint, both writing into the
+    run's own log; returns the run's record. Raises `subprocess.CalledProcessError` when a
+    tool fails."""
+    os.makedirs(plan.work_dir, exist_ok=True)
     env = dict(os.environ)
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    python = sys.executable
-    train = [python, 'tools/train.py', variant.config, '--work-dir', work_dir,
-             '--cfg-options', *options]
-    log_path = osp.join(work_dir, 'study.log')
+    if plan.threads:
+        env.update(OMP_NUM_THREADS=str(plan.threads), MKL_NUM_THREADS=str(plan.threads))
+    python, config = sys.executable, plan.variant.config
+    train = [python, 'tools/train.py', config, '--work-dir', plan.work_dir,
+             '--cfg-options', *plan.options]
     started = time.time()
-    with open(log_path, 'a') as log:
+    with open(plan.log, 'a') as log:
         log.write(f'$ {shlex.join(train)}\n')
         log.flush()
         subprocess.run(train, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
                        check=True)
         train_seconds = time.time() - started
-        checkpoint = _last_checkpoint(work_dir)
-        test = [python, 'tools/test.py', variant.config, checkpoint, '--work-dir', work_dir,
-                '--cfg-options', *options]
+        checkpoint = _last_checkpoint(plan.work_dir)
+        test = [python, 'tools/test.py', config, checkpoint, '--work-dir', plan.work_dir,
+                '--cfg-options', *plan.options]
         log.write(f'$ {shlex.join(test)}\n')
         log.flush()
         subprocess.run(test, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
                        check=True)
     total_seconds = time.time() - started
-    with open(osp.join(work_dir, 'test_metrics_ss.json')) as f:
+    with open(osp.join(plan.work_dir, 'test_metrics_ss.json')) as f:
         metrics = json.load(f)
-    record = build_record(repo, study, variant, seed, work_dir, metrics, train, test,
-                          train_seconds, total_seconds)
-    record['schedule'] = schedule.name
-    record['threads'] = threads  # None: torch's default (one per core)
-    return record
+    return build_record(repo, plan, metrics, train, test, train_seconds, total_seconds)
 
 
 def _last_checkpoint(work_dir: str) -> str:
@@ -122,20 +156,20 @@ def _last_checkpoint(work_dir: str) -> str:
         return f.read().strip()
 
 
-def build_record(repo: str, study: Study, variant: Variant, seed: int, work_dir: str,
-                 metrics: dict, train_cmd: Sequence[str], test_cmd: Sequence[str],
-                 train_seconds: float, total_seconds: float) -> dict:
+def build_record(repo: str, plan: PlannedRun, metrics: dict, train_cmd: Sequence[str],
+                 test_cmd: Sequence[str], train_seconds: float, total_seconds: float) -> dict:
+    variant = plan.variant
     per_class = {k[len('IoU.'):]: v for k, v in metrics.items() if k.startswith('IoU.')}
-    curves, mapping_log, trainable = parse_train_log(work_dir)
+    curves, mapping_log, trainable = parse_train_log(plan.work_dir)
     iters = max(curves.get('iter', [0]) or [0])
     return dict(
         variant=variant.name,
         group=variant.group,
         description=variant.description,
-        seed=seed,
+        seed=plan.seed,
         config=variant.config,
         cfg_options=dict(variant.options),
-        config_diff=config_diff(repo, study, variant),
+        config_diff=plan.config_diff,
         mIoU=metrics['mIoU'],
         aAcc=metrics.get('aAcc'),
         mAcc=metrics.get('mAcc'),
@@ -149,6 +183,10 @@ def build_record(repo: str, study: Study, variant: Variant, seed: int, work_dir:
         commands=[_relative_command(train_cmd), _relative_command(test_cmd)],
         git_commit=_git_commit(repo),
         finished=datetime.datetime.now().isoformat(timespec='seconds'),
+        schedule=plan.schedule,
+        threads=plan.threads,
+        device=training_device(plan.work_dir),
+        jobs=plan.jobs,
     )
 
 
@@ -213,6 +251,37 @@ def training_attempt(work_dir: str) -> Optional[tuple]:
             if any('Iter(train)' in line for line in f):
                 return log, osp.join(work_dir, run, 'vis_data', 'scalars.json')
     return None
+
+
+def training_device(work_dir: str) -> str:
+    """Where the run trained: ``'cpu'``, or the name of the GPU (``'NVIDIA H200'``).
+
+    Read from the training attempt's own log, where mmengine writes the environment it
+    found (``CUDA available: True``, then ``GPU 0,1: NAME`` per kind of GPU) before it
+    builds anything; a run that is not distributed trains on GPU 0. ``'unknown'`` if the log
+    says neither, which the reports keep apart from every other device."""
+    attempt = training_attempt(work_dir)
+    if attempt is None:
+        return UNKNOWN_DEVICE
+    cuda, gpus = None, {}
+    with open(attempt[0], errors='replace') as f:
+        for line in f:
+            match = re.match(r'\s*CUDA available: (True|False)\s*$', line)
+            if match and cuda is None:
+                cuda = match.group(1) == 'True'
+            match = re.match(r'\s*GPU ([\d,]+): (.+?)\s*$', line)
+            if match:
+                for index in match.group(1).split(','):
+                    gpus.setdefault(index, match.group(2))
+    if cuda:
+        return gpus.get('0', UNKNOWN_DEVICE)
+    return 'cpu' if cuda is False else UNKNOWN_DEVICE
+
+
+def record_device(record: dict) -> str:
+    """The device a record's run trained on; ``LEGACY_DEVICE`` for records written before
+    the runner recorded it."""
+    return record.get('device', LEGACY_DEVICE)
 
 
 def config_diff(repo: str, study: Study, variant: Variant) -> Dict[str, list]:
@@ -287,32 +356,114 @@ def load_records(results_dir: str) -> List[dict]:
 
 def run_study(repo: str, study: Study, variants: Sequence[str], seeds: Sequence[int],
               schedule: Schedule, data_root: Optional[str], pretrained: Optional[str],
-              work_root: str, threads: Optional[int] = None, commit: bool = False) -> int:
-    """Runs the (variant, seed) pairs of ``schedule`` that have no JSON yet; returns the
-    number of failed runs (each is reported, the others go on)."""
+              work_root: str, threads: Optional[int] = None, commit: bool = False,
+              jobs: int = 1) -> int:
+    """Runs the (variant, seed) pairs of ``schedule`` that have no JSON yet, ``jobs`` at a
+    time; returns the number of failed runs (each is reported, the others go on)."""
+    if jobs < 1:
+        raise ValueError(f'jobs={jobs}: at least one run must go at a time (--jobs 1 or more)')
+    if threads is None and jobs > 1:
+        # Each run's torch would take one thread per core: N runs would oversubscribe the
+        # machine N times over.
+        threads = max(1, usable_cores() // jobs)
     results_dir = study.schedule_dir(repo, schedule)
     pending = [(study.variant(name), seed) for seed in seeds for name in variants
                if not osp.exists(result_path(results_dir, name, seed))]
     done = len(variants) * len(seeds) - len(pending)
+    at_once = f', {jobs} at a time, {threads} thread(s) each' if jobs > 1 else ''
     print(f'study {study.name} ({schedule.name}): {len(pending)} runs to do, {done} already '
-          'done', flush=True)
-    failures = 0
-    for index, (variant, seed) in enumerate(pending, 1):
-        print(f'study: [{index}/{len(pending)}] {variant.name} seed {seed} ...', flush=True)
+          f'done{at_once}', flush=True)
+    # Everything that parses configs happens here, before the first run starts: a config
+    # error stops the study at once, and the runs themselves only wait on processes.
+    plans = [plan_run(repo, study, variant, schedule, seed, data_root, pretrained, work_root,
+                      threads, jobs) for variant, seed in pending]
+    started = time.time()
+    outcomes: Dict[int, Tuple[Optional[dict], Optional[str]]] = {}  # by index in plans
+
+    def attempt(index: int):
+        plan = plans[index]
+        _say(f'study: [{index + 1}/{len(plans)}] {plan.variant.name} seed {plan.seed} ... '
+             f'(log: {plan.log})')
         try:
-            record = run_one(repo, study, variant, schedule, seed, data_root, pretrained,
-                             work_root, threads)
-        except subprocess.CalledProcessError as error:
-            failures += 1
-            log = osp.join(work_root, schedule.dir, variant.name, f'seed{seed}', 'study.log')
-            print(f'study: {variant.name} seed {seed} FAILED ({error}); see {log}',
-                  file=sys.stderr, flush=True)
-            continue
+            return index, execute_run(repo, plan), None
+        except Exception as error:  # noqa: BLE001 - one run's failure must not stop the rest
+            return index, None, _failure(plan, error)
+
+    def finish(index: int, record: Optional[dict], error: Optional[str]) -> None:
+        outcomes[index] = record, error
+        plan = plans[index]
+        if error:
+            _say(f'study: {plan.variant.name} seed {plan.seed} FAILED ({error}); see '
+                 f'{plan.log}', sys.stderr)
+            return
         path = write_record(results_dir, record)
-        print(f"study: {variant.name} seed {seed}: mIoU {record['mIoU']:.2f} "
-              f"({record['wall_seconds'] / 60:.1f} min) -> {path}", flush=True)
-        if commit:
+        _say(f"study: {plan.variant.name} seed {plan.seed}: mIoU {record['mIoU']:.2f} "
+             f"({record['wall_seconds'] / 60:.1f} min, {record['device']}) -> {path}")
+        if commit:  # from this thread only: git allows one commit at a time
             where = '' if not schedule.dir else f' ({schedule.name})'
             commit_record(path, f"study: {study.dataset}{where} {record['variant']} seed "
                                 f"{record['seed']}: mIoU {record['mIoU']:.2f}")
-    return failures
+
+    if jobs == 1:
+        for index in range(len(plans)):
+            finish(*attempt(index))
+    else:
+        # Threads, not processes: each run is already its own tools' processes, and a thread
+        # only waits on them.
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(attempt, index) for index in range(len(plans))]
+            for future in as_completed(futures):
+                finish(*future.result())
+    if plans:
+        print(run_summary(study, schedule, plans, outcomes, time.time() - started),
+              flush=True)
+    return sum(1 for _, error in outcomes.values() if error)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's share, where os.cpu_count() sees
+    the whole host)."""
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+_SAY = threading.Lock()
+
+
+def _say(line: str, stream=None) -> None:
+    """One whole line, even when several runs' threads report at once (print() writes the
+    text and its newline separately)."""
+    stream = stream or sys.stdout
+    with _SAY:
+        stream.write(line + '\n')
+        stream.flush()
+
+
+def _failure(plan: PlannedRun, error: Exception) -> str:
+    """One line for the summary; a failure that is not a tool's exit status (a missing
+    checkpoint or metrics file) also leaves its traceback in the run's log."""
+    if isinstance(error, subprocess.CalledProcessError):
+        return f'{error.cmd[1]} exited with status {error.returncode}'
+    os.makedirs(plan.work_dir, exist_ok=True)
+    with open(plan.log, 'a') as log:
+        log.write(traceback.format_exc())
+    return f'{type(error).__name__}: {error}'
+
+
+def run_summary(study: Study, schedule: Schedule, plans: Sequence[PlannedRun],
+                outcomes: Dict[int, tuple], seconds: float) -> str:
+    """Every run of one ``run_study`` call, in the order they were planned: its mIoU and
+    minutes, or why it failed and where its log is (``outcomes``: (record, error) by the
+    run's index in ``plans``)."""
+    failed = sum(1 for record, error in outcomes.values() if error)
+    lines = [f'study {study.name} ({schedule.name}): {len(plans)} runs in '
+             f'{seconds / 60:.1f} min, {len(plans) - failed} finished, {failed} failed']
+    width = max(len(plan.variant.name) for plan in plans)
+    for index, plan in enumerate(plans):
+        record, error = outcomes[index]
+        what = f'FAILED: {error}; log {plan.log}' if error else \
+            f"mIoU {record['mIoU']:6.2f}  {record['wall_seconds'] / 60:5.1f} min  " \
+            f"{record['device']}"
+        lines.append(f'  {plan.variant.name:{width}s}  seed {plan.seed}  {what}')
+    return '\n'.join(lines)

@@ -19,9 +19,11 @@ JSON or YAML) with these fields::
     heads_only      the variant that trains the heads only (the power check), or None
     variants        list of dict(name, config, group, description, options=dict())
     schedules       list of dict(name, dir='', iters=None, options=dict(), block=None,
-                    description=''): the schedule's runs live in results_dir/dir;
-                    ``iters`` rescales the config's iterations and lr schedule;
-                    ``block`` names a report block that tabulates its runs
+                    description='', variants=(), seeds=()): the schedule's runs live in
+                    results_dir/dir; ``iters`` rescales the config's iterations and lr
+                    schedule; ``block`` names a report block that tabulates its runs
+                    ('length': beside the main schedule's); ``variants`` and ``seeds``,
+                    the runs it is for (what ``run --schedule NAME`` runs by default)
     main_schedule   the schedule of the main table, the ablations and the per-class IoU
     curve_variants  the variants drawn in the training-curve plot
     blocks          the generated blocks of the report, in order
@@ -38,12 +40,14 @@ study files inherit with mmengine's ``_base_``; such a file is not a study.
 """
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 STUDY_DIR = 'configs/studies'
 # Every generated block the report renderer knows.
 KNOWN_BLOCKS = ('power', 'main', 'contrasts', 'ablation', 'training', 'confirmation',
-                'per-class', 'plots', 'runs')
+                'length', 'per-class', 'plots', 'runs')
+# Blocks that tabulate one schedule's runs: a study has them where a schedule names them.
+SCHEDULE_BLOCKS = ('confirmation', 'length')
 _REQUIRED = ('dataset', 'config_dir', 'results_dir', 'report', 'reference', 'baseline',
              'variants')
 _OPTIONAL = dict(name=None, title=None, work_root=None, data_root=None, pretrained=None,
@@ -74,6 +78,8 @@ class Schedule:
     options: Dict[str, object] = field(default_factory=dict)  # flat, dotted keys
     block: Optional[str] = None  # a report block that tabulates this schedule's runs
     description: str = ''
+    variants: Tuple[str, ...] = ()  # the runs it is for; () = every variant
+    seeds: Tuple[int, ...] = ()  # () = the runner's default
 
 
 @dataclass(frozen=True)
@@ -191,13 +197,14 @@ def load_study(name_or_path: str, repo: str) -> Study:
 
     def schedule(entry: dict) -> Schedule:
         _check_keys(path, 'schedule', entry, ('name', ),
-                    ('dir', 'iters', 'options', 'block', 'description'))
+                    ('dir', 'iters', 'options', 'block', 'description', 'variants', 'seeds'))
         if entry.get('block') and entry['block'] not in KNOWN_BLOCKS:
             raise StudyError(f'study file {path}: schedule {entry["name"]!r} has block '
                              f'{entry["block"]!r}, not one of {KNOWN_BLOCKS}')
         return Schedule(entry['name'], entry.get('dir', ''), entry.get('iters'),
                         flatten_options(entry.get('options') or {}), entry.get('block'),
-                        entry.get('description', ''))
+                        entry.get('description', ''), tuple(entry.get('variants') or ()),
+                        tuple(entry.get('seeds') or ()))
 
     def contrast(entry: dict) -> Contrast:
         _check_keys(path, 'contrast', entry, ('variant', 'against', 'question'), ())
@@ -217,8 +224,9 @@ def load_study(name_or_path: str, repo: str) -> Study:
         main_schedule=fields['main_schedule'] or schedules[0].name,
         curve_variants=list(fields['curve_variants'] or [v.name for v in variants
                                                           if v.group == 'main']),
-        blocks=list(fields['blocks'] or [b for b in KNOWN_BLOCKS if b != 'confirmation' and
-                                         (b != 'contrasts' or contrasts)]),
+        blocks=list(fields['blocks'] or [
+            b for b in KNOWN_BLOCKS if (b != 'contrasts' or contrasts) and
+            (b not in SCHEDULE_BLOCKS or any(s.block == b for s in schedules))]),
         final_configs=dict(fields['final_configs'] or {}), contrasts=contrasts, source=path)
     _check_study(study)
     return study
@@ -247,6 +255,11 @@ def _check_study(study: Study) -> None:
         if name not in names:
             raise StudyError(f'study file {study.source}: {name!r} (curve_variants / '
                              'final_configs) is not a variant')
+    for schedule in study.schedules:
+        unknown = [name for name in schedule.variants if name not in names]
+        if unknown:
+            raise StudyError(f'study file {study.source}: schedule {schedule.name!r} is for '
+                             f'variants {unknown}, which are not variants ({names})')
     for contrast in study.contrasts:
         for name in (contrast.variant, contrast.against):
             if name not in names:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from harness.study import report as study_report
 from harness.study.runner import (config_diff, format_option, load_records, parse_train_log,
-                                  schedule_options)
+                                  schedule_options, training_device, usable_cores)
 from harness.study.spec import StudyError, load_study
 from tests.helpers import ROOT
 
@@ -172,6 +172,14 @@ def test_study_files_with_mistakes_are_clear_errors(tmp_path):
                    "contrasts = [dict(variant='a', against='b', question='q')]\n")
     with pytest.raises(StudyError, match=r"contrast 'q' names 'b', which is not a variant"):
         load_study(str(bad), ROOT)
+    bad.write_text("dataset = 'X'\nconfig_dir = 'configs/camvid'\nresults_dir = 'r'\n"
+                   "report = 'r.md'\nreference = 'a'\nbaseline = 'a'\n"
+                   "variants = [dict(name='a', config='setr_pup_dinov2-s14_davpt_camvid.py', "
+                   "group='main', description='')]\n"
+                   "schedules = [dict(name='long', iters=9, variants=['a', 'b'])]\n")
+    with pytest.raises(StudyError, match=r"schedule 'long' is for variants \['b'\], which are "
+                                         r"not variants \(\['a'\]\)"):
+        load_study(str(bad), ROOT)
     with pytest.raises(StudyError, match=r"no study 'nosuch'.*\['camvid', 'ccp'"):
         load_study('nosuch', ROOT)
     # the studies' shared fields are inherited, not run
@@ -195,6 +203,9 @@ variants = [
     dict(name='tiny-davpt', config='tiny_davpt.py', group='main', description='DA-VPT'),
     dict(name='tiny-all', config='tiny_davpt.py', group='class assignment',
          description='every class', options=dict(model=dict(class_assignment='all'))),
+    dict(name='tiny-broken', config='tiny_davpt.py', group='guided block',
+         description='a block the trunk lacks: the run fails',
+         options=dict(model=dict(backbone=dict(guided_blocks=(7, ))))),
 ]
 schedules = [dict(name='two', iters=2, description='2 iterations'),
              dict(name='three', dir='three', iters=3, block='confirmation')]
@@ -273,16 +284,29 @@ def _study(*argv) -> int:
 
 
 @pytest.mark.slow
-def test_a_study_made_of_data_alone_runs_skips_and_reports(tiny_study):
+def test_a_study_made_of_data_alone_runs_skips_and_reports(tiny_study, capsys):
     root, path = tiny_study['root'], tiny_study['path']
     # Every run is a tools/train.py and a tools/test.py process (~10 s each on 2 cores), so
-    # the test makes three: two variants in one call, and a third under another schedule.
-    run = [path, 'run', '--data-root', root / 'data', '--seeds', 3, '--threads', 1,
-           '--variants', 'tiny-vpt', 'tiny-all']
-    assert _study(*run) == 0
+    # the test makes three, two of them at once, and one that fails as soon as its model is
+    # built (a guided block the trunk lacks) beside them; then a third under another schedule.
+    run = [path, 'run', '--data-root', root / 'data', '--seeds', 3, '--jobs', 2,
+           '--variants', 'tiny-broken', 'tiny-vpt', 'tiny-all']
+    assert _study(*run) == 1  # one run failed
+    summary = capsys.readouterr().out.split('study tiny (two): 3 runs in ')[1]
+    assert '2 finished, 1 failed' in summary
+    broken_log = root / 'work' / 'tiny-broken' / 'seed3' / 'study.log'
+    assert f'tiny-broken  seed 3  FAILED: tools/train.py exited with status 1; log ' \
+        f'{broken_log}' in summary
+    assert 'guided_blocks contains block 7, but the trunk has 4' in broken_log.read_text()
+    assert not osp.exists(root / 'results' / 'tiny-broken')
     with open(root / 'results' / 'tiny-all' / 'seed3.json') as f:
         record = json.load(f)
+    assert f"tiny-all     seed 3  mIoU {record['mIoU']:6.2f}" in summary
     assert record['seed'] == 3 and record['iterations'] == 2 and record['schedule'] == 'two'
+    # Each run its own log; two at once split the cores between them.
+    assert record['device'] == 'cpu' and record['jobs'] == 2
+    assert record['threads'] == max(1, usable_cores() // 2)
+    assert (root / 'work' / 'tiny-vpt' / 'seed3' / 'study.log').is_file()
     assert 0 <= record['mIoU'] <= 100 and len(record['per_class_iou']) == 4
     assert record['trainable_parameters'] > 0
     assert record['curves']['iter'] == [1, 2] and len(record['curves']['loss_prompt_token']) == 2
@@ -297,7 +321,7 @@ def test_a_study_made_of_data_alone_runs_skips_and_reports(tiny_study):
 
     # A second run finds the JSONs and trains nothing.
     shutil.move(str(root / 'work'), str(root / 'work_first'))
-    assert _study(*run) == 0
+    assert _study(*run[:-3], 'tiny-vpt', 'tiny-all') == 0
     assert not osp.exists(root / 'work')
     # Another schedule has its own folder and its own runs.
     assert _study(path, 'run', '--schedule', 'three', '--data-root', root / 'data',
@@ -314,7 +338,8 @@ def test_a_study_made_of_data_alone_runs_skips_and_reports(tiny_study):
                   'plots', 'runs'):
         assert text.count(f'<!-- BEGIN GENERATED: {block} -->') == 1
     assert f"{record['mIoU']:.2f}" in text and '| class assignment | tiny-all |' in text
-    assert '| two (main) | 2 iterations |' in text  # the power table, a row per schedule
+    assert '| two (main) | 2 iterations | CPU |' in text  # power: a row per schedule
+    assert 'All 2 runs of schedule `two` trained on the CPU.' in text
     assert '| every class, guided | tiny-all − tiny-vpt | 1 |' in text
     assert '| three | the configs as written |' in text
     assert osp.isfile(root / 'results' / 'plots' / 'miou.png')
@@ -345,6 +370,34 @@ def test_curves_come_from_the_attempt_that_wrote_the_checkpoint(tmp_path):
     assert curves['iter'] == [10, 20, 30]
     assert curves['loss'][-1] == pytest.approx(1 / 30, abs=1e-5)
     assert mapping == ['initial mapping: [4, 1]'] and trainable == 1234
+
+
+def _env_log(folder, *environment):
+    """A training log as mmengine starts it: its environment block, then an iteration."""
+    folder.mkdir(parents=True)
+    (folder / f'{folder.name}.log').write_text(
+        '2026/12/04 10:00:00 - mmengine - INFO - \n' + '-' * 60 + '\nSystem environment:\n'
+        '    sys.platform: linux\n' + ''.join(f'    {line}\n' for line in environment) +
+        '    PyTorch: 2.11.0\n\nRuntime environment:\n    seed: 0\n' + '-' * 60 + '\n'
+        '2026/12/04 10:00:09 - mmengine - INFO - Iter(train) [10/600]  loss: 1.0\n')
+
+
+def test_the_device_is_read_from_the_training_log(tmp_path):
+    """What the run's own process found: mmengine logs the environment first thing, one
+    line per kind of GPU; a run that is not distributed trains on GPU 0."""
+    _env_log(tmp_path / 'gpu' / '20261204_100000', 'CUDA available: True',
+             'MUSA available: False', 'GPU 0,2: NVIDIA H200', 'GPU 1: NVIDIA A100-SXM4-80GB',
+             'CUDA_HOME: /usr/local/cuda')
+    assert training_device(str(tmp_path / 'gpu')) == 'NVIDIA H200'
+    _env_log(tmp_path / 'second' / '20261204_100000', 'CUDA available: True',
+             'GPU 1: NVIDIA H200', 'GPU 0: NVIDIA A100-SXM4-80GB')
+    assert training_device(str(tmp_path / 'second')) == 'NVIDIA A100-SXM4-80GB'
+    _env_log(tmp_path / 'cpu' / '20261204_100000', 'CUDA available: False',
+             'MUSA available: False', 'numpy_random_seed: 2147483648')
+    assert training_device(str(tmp_path / 'cpu')) == 'cpu'
+    # no environment block: not guessed, and kept apart from every device in the reports
+    _env_log(tmp_path / 'silent' / '20261204_100000')
+    assert training_device(str(tmp_path / 'silent')) == 'unknown'
 
 
 # ------------------------------------------------------------------------------ report
@@ -435,9 +488,9 @@ def test_power_table_checks_the_margin_against_three_seed_stds(tmp_path, camvid)
     strong = [fake_record('linear', s, 30. + 0.1 * s) for s in range(3)] + \
         [fake_record('vpt-deep', s, 34. + 0.2 * s) for s in range(3)]  # +4.1 over std 0.2
     table = _render(camvid, {'300': weak, 'confirm600': strong}, tmp_path)['power']
-    assert '| 300 (main) | 300 iterations, the configs as written | 31.00 ± 1.00 (n=3) | ' \
+    assert '| 300 (main) | 300 iterations, the configs as written | CPU | 31.00 ± 1.00 (n=3) | ' \
         '32.00 ± 1.00 (n=3) | +1.00 ± 0.00 | 1.0 | no |' in table
-    assert '| confirm600 | 600 iterations | 30.10 ± 0.10 (n=3) | 34.20 ± 0.20 (n=3) | ' \
+    assert '| confirm600 | 600 iterations | CPU | 30.10 ± 0.10 (n=3) | 34.20 ± 0.20 (n=3) | ' \
         '+4.10 ± 0.10 | 20.5 | **yes** |' in table
 
 
@@ -455,19 +508,32 @@ def test_curves_keep_one_colour_per_variant_in_every_panel(tmp_path, camvid):
     assert os.path.getsize(tmp_path / 'curves.png') > 0
 
 
-def test_the_camvid_report_re_renders_unchanged_from_its_jsons(tmp_path, camvid):
-    committed = osp.join(ROOT, camvid.report)
+def _re_render(study, tmp_path):
+    """Renders the committed report again from the committed JSONs, in a copy; returns the
+    records it read, per schedule."""
+    committed = osp.join(ROOT, study.report)
     report = tmp_path / 'docs' / 'results' / osp.basename(committed)
     report.parent.mkdir(parents=True)
     shutil.copy(committed, report)
-    records = {s.name: load_records(camvid.schedule_dir(ROOT, s)) for s in camvid.schedules}
+    records = {s.name: load_records(study.schedule_dir(ROOT, s)) for s in study.schedules}
+    study_report.render_report(study, records, str(report),
+                               str(tmp_path / 'docs' / 'results' / study.name / 'plots'))
+    assert report.read_text() == open(committed).read()
+    return records
+
+
+def test_the_camvid_report_re_renders_unchanged_from_its_jsons(tmp_path, camvid):
+    records = _re_render(camvid, tmp_path)
     # the finished study's 35 runs, and the 8 the CCP study asked for since: route and
     # vpt-deep-kv on seeds 0-2, davpt-plus-detach and guided-last seed 2
     assert len(records['300']) == 35 + 8
     assert len(records['confirm600']) == 3
-    study_report.render_report(camvid, records, str(report),
-                               str(tmp_path / 'docs' / 'results' / 'camvid' / 'plots'))
-    assert report.read_text() == open(committed).read()
+
+
+def test_the_ccp_report_re_renders_unchanged_from_its_jsons(tmp_path, ccp):
+    records = _re_render(ccp, tmp_path)
+    assert len(records['linhead-lr3e-3-600']) == 41
+    assert records['linhead-lr3e-3-1800'] == []  # the longer schedule: not run yet
 
 
 @pytest.mark.slow
@@ -492,3 +558,68 @@ def test_main_table_names_what_ran_under_a_main_schedule_that_changes_the_config
     assert named['davpt'] == f"`{osp.basename(ccp.final_configs['davpt'])}`"
     assert named['route'] == \
         f"`{osp.basename(ccp.variant('route').config)}` + schedule `{ccp.main_schedule}`"
+
+
+def test_runs_from_different_devices_are_never_paired_or_pooled(tmp_path, camvid):
+    """A record without a device field is a CPU run (every record written before the field
+    was); a GPU run of the same schedule lands in a table of its own."""
+    def on(device, record):
+        return dict(record, device=device)
+    legacy = [fake_record('vpt-deep', s, 40. + s) for s in range(3)]
+    records = legacy + [on('cpu', fake_record('davpt', s, 39.5 + s)) for s in range(2)] + \
+        [on('NVIDIA H200', fake_record('davpt', 2, 50.)),
+         on('NVIDIA H200', fake_record('linear', 2, 30.))]
+    with pytest.raises(ValueError, match=r"devices \['NVIDIA H200', 'cpu'\] would be paired"):
+        study_report.by_variant(records)
+    blocks = _render(camvid, {'300': records}, tmp_path)
+    cpu, gpu = blocks['main'].split('On NVIDIA H200 (2 runs):')
+    assert cpu.startswith('The runs of schedule `300` trained on the CPU (5 runs), NVIDIA H200 '
+                          '(2 runs). Runs on different devices are neither paired nor pooled')
+    # davpt's two CPU seeds, paired with VPT-Deep's CPU seeds 0 and 1 only
+    assert '| davpt | `setr_pup_dinov2-s14_davpt_camvid.py` | 1.50M | 2 | **40.00 ± 0.71** | ' \
+        '39.50 / 40.50 | -0.50 ± 0.00 |' in cpu
+    # seed 2 on the GPU has no VPT-Deep run on the GPU to pair with, and pools with nothing
+    assert '| davpt | `setr_pup_dinov2-s14_davpt_camvid.py` | 1.50M | 1 | **50.00** | 50.00 | ' \
+        '– |' in gpu and '| vpt-deep |' not in gpu
+    assert blocks['ablation'].count('| reference | davpt |') == 2
+    assert '| 300 (main) | 300 iterations, the configs as written | CPU | – | ' \
+        '41.00 ± 1.00 (n=3) |' in study_report.power_table(
+            {'300': study_report.by_device(records)}, camvid)
+    assert '| davpt | 2 | 300 | NVIDIA H200 | 50.00 |' in blocks['runs']
+    assert '| vpt-deep | 0 | 300 | CPU | 40.00 |' in blocks['runs']
+    assert blocks['plots'].startswith('Runs on the CPU only.')
+
+
+def test_a_longer_schedule_is_set_beside_the_main_one(ccp):
+    main = [fake_record(v, s, m + s) for v, m in (('vpt-deep', 11.), ('davpt', 10.5),
+                                                  ('vpt-deep-kv', 12.), ('linear', 9.))
+            for s in range(3)]
+    longer = ccp.schedule('linhead-lr3e-3-1800')
+    assert longer.iters == 1800 and longer.block == 'length' and longer.seeds == (0, 1, 2)
+    assert set(longer.variants) == {'vpt-deep', 'davpt', 'vpt-deep-kv', 'davpt-plus-detach'}
+    groups = {ccp.main_schedule: study_report.by_device(main)}
+    table = study_report.length_table(ccp, groups, longer)
+    # before any run: the main schedule's side, and how to make the rest
+    assert '| variant | `linhead-lr3e-3-600` on CPU: val mIoU | Δ vs vpt-deep (paired) | ' \
+        '`linhead-lr3e-3-1800` (not run yet): val mIoU |' in table
+    assert '| davpt | 11.50 ± 1.00 (n=3) | -0.50 ± 0.00 | – | – |' in table
+    assert 'linear' not in table  # not one of the schedule's variants
+    assert '`python tools/study.py ccp run --schedule linhead-lr3e-3-1800 --jobs 12` makes ' \
+        'its 12 runs' in table
+    gpu = [dict(fake_record(v, s, m + 2 * s), device='NVIDIA H200')
+           for v, m in (('vpt-deep', 13.), ('davpt', 13.5), ('vpt-deep-kv', 14.),
+                        ('davpt-plus-detach', 14.5)) for s in range(3)]
+    groups['linhead-lr3e-3-1800'] = study_report.by_device(gpu)
+    table = study_report.length_table(ccp, groups, longer)
+    assert '`linhead-lr3e-3-1800` on NVIDIA H200: val mIoU' in table
+    assert '| davpt | 11.50 ± 1.00 (n=3) | -0.50 ± 0.00 | 15.50 ± 2.00 (n=3) | +0.50 ± 0.00 |' \
+        in table
+    # the study's contrasts whose arms both ran, under each schedule on its own device
+    assert '| the detached guidance on top of the offsets | davpt-plus-detach − vpt-deep-kv | ' \
+        '– | +0.50 ± 0.00 (n=3) |' in table
+    assert 'not run yet' not in table
+
+
+def test_run_refuses_no_jobs():
+    with pytest.raises(SystemExit, match=r'--jobs 0: give 1 or more runs at a time'):
+        _study('camvid', 'run', '--jobs', 0)
