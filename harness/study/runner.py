@@ -7,7 +7,9 @@ exists are skipped, so an interrupted study continues where it stopped.
 ``jobs`` runs go at once, each its own pair of processes with its own log (on one shared
 GPU, or as that many CPU runs); a failed run is reported and the others go on.
 """
+import copy
 import datetime
+import functools
 import json
 import os
 import os.path as osp
@@ -37,6 +39,18 @@ UNKNOWN_DEVICE = 'unknown'
 
 
 # ------------------------------------------------------------------------------- options
+@functools.lru_cache(maxsize=None)
+def _parsed(path: str):
+    from mmengine.config import Config
+    return Config.fromfile(path)
+
+
+def load_config(repo: str, config: str):
+    """A private copy of a config file's parse. A study's runs share a few configs, and each
+    parse takes half a second or more: planning 12 runs would parse 36 times."""
+    return copy.deepcopy(_parsed(osp.join(repo, config)))
+
+
 def format_option(key: str, value) -> str:
     """One ``--cfg-options`` item in the syntax mmengine's DictAction parses back."""
     def literal(v):
@@ -69,8 +83,7 @@ def run_options(repo: str, variant: Variant, schedule: Schedule, seed: int,
 def schedule_options(repo: str, variant: Variant, max_iters: int) -> Dict[str, object]:
     """A shorter (or longer) schedule: iterations, checkpoint, and every lr scheduler's
     begin/end scaled alike (so warm-up keeps its share of the run)."""
-    from mmengine.config import Config
-    cfg = Config.fromfile(osp.join(repo, variant.config))
+    cfg = load_config(repo, variant.config)
     configured = cfg.train_cfg.max_iters
 
     def scaled(point: int) -> int:
@@ -287,10 +300,9 @@ def record_device(record: dict) -> str:
 def config_diff(repo: str, study: Study, variant: Variant) -> Dict[str, list]:
     """Settings of the variant (config + options) that differ from the study's reference,
     as ``{dotted key: [reference value, variant value]}``; paths and seeds left out."""
-    from mmengine.config import Config
     reference = study.variant(study.reference)
-    ref = _flatten(Config.fromfile(osp.join(repo, reference.config)).to_dict())
-    cfg = Config.fromfile(osp.join(repo, variant.config))
+    ref = _flatten(load_config(repo, reference.config).to_dict())
+    cfg = load_config(repo, variant.config)
     if variant.options:
         cfg.merge_from_dict(dict(variant.options))
     ours = _flatten(cfg.to_dict())
