@@ -1,6 +1,8 @@
 from .backbones import PromptedViT
 from .class_prompt_mapping import ClassPromptMapping
+from .decode_heads import FastSETRUPHead
 from .losses import ProxyAnchorLoss
 from .segmentors import DAVPTEncoderDecoder
 
-__all__ = ['PromptedViT', 'ProxyAnchorLoss', 'DAVPTEncoderDecoder', 'ClassPromptMapping']
+__all__ = ['PromptedViT', 'ProxyAnchorLoss', 'DAVPTEncoderDecoder', 'ClassPromptMapping',
+           'FastSETRUPHead']

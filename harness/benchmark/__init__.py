@@ -3,6 +3,8 @@ throughput, FLOPs, peak memory; the one-call GPU suite (precisions, with_cp, tor
 a smoke training run); onnxruntime against PyTorch; markdown for docs/benchmarks.md.
 """
 from .measure import HostMemory, describe_machine, run_benchmark, run_memory
+from .profile import profile_section_key, render_profile_markdown, run_profile
+from .throughput import render_throughput_markdown, run_throughput, throughput_section_key
 from .onnx_latency import (ONNX_BACKENDS, render_onnx_markdown, run_onnx_latencies,
                            run_onnx_latency)
 from .report import (REQUIRED_FIELDS, finite, memory_section_key, merge_memory_results,
@@ -20,4 +22,6 @@ __all__ = ['HostMemory', 'describe_machine', 'run_benchmark', 'run_memory', 'ONN
            'section_key', 'suite_section_key', 'update_doc', 'PRECISIONS', 'REFERENCE',
            'SDPA_BACKENDS', 'SETTING_ALIASES', 'SETTINGS', 'SUITE_VARIANTS', 'VARIANT_NOTES',
            'VARIANTS', 'Setting', 'resolve_setting', 'segmentor_cfg', 'SMOKE_CONFIG',
-           'run_suite', 'smoke_cfg']
+           'run_suite', 'smoke_cfg', 'profile_section_key', 'render_profile_markdown',
+           'run_profile', 'render_throughput_markdown', 'run_throughput',
+           'throughput_section_key']

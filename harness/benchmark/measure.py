@@ -18,7 +18,7 @@ import platform
 import statistics
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -99,6 +99,38 @@ def _register_cpu_sdpa_flops():
             fc.register_flop_formula(op)(formula)
 
 
+# ------------------------------------------------------------------------- peak FLOP/s
+def matmul_peak_flops(device: str, dtype: str = 'bf16', size: Optional[int] = None,
+                      iters: int = 20, warmup: int = 3) -> dict:
+    """FLOP/s of a square matrix product of ``dtype`` on ``device``, measured here and now:
+    the denominator of the MFU figures (model FLOP/s over the device's own matmul rate).
+
+    Square products of 8192 (GPUs; 1.1 TFLOP each) saturate a data-centre GPU's tensor
+    cores; the CPU gets 512, so that the measurement takes a moment.
+    """
+    import torch
+    torch_dtype = {'bf16': torch.bfloat16, 'fp32': torch.float32, 'fp16': torch.float16}[dtype]
+    dev = torch.device(device)
+    size = size or (512 if dev.type == 'cpu' else 8192)
+    gen = torch.Generator(device='cpu').manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(dev, torch_dtype)
+    b = torch.randn(size, size, generator=gen).to(dev, torch_dtype)
+
+    def sync():
+        if dev.type != 'cpu':
+            torch.accelerator.synchronize()
+    for _ in range(warmup):
+        a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    sync()
+    seconds = (time.perf_counter() - start) / iters
+    return dict(dtype=dtype, size=size, iters=iters, seconds=seconds,
+                flops_per_s=2 * size ** 3 / seconds)
+
+
 # ------------------------------------------------------------------------------ worker
 class VariantBench:
     """One variant's model, optimizer and batch, inside its worker process."""
@@ -114,7 +146,11 @@ class VariantBench:
         self.torch = torch
         self.setting, self.variant, self.options = setting, variant, options
         self.device = torch.device(options['device'])
-        self.model = MODELS.build(segmentor_cfg(setting, variant, options['with_cp']))
+        compile_regions = options.get('compile_regions') or False
+        if compile_regions and not isinstance(compile_regions, dict):
+            compile_regions = dict(backend=options.get('compile_backend') or 'inductor')
+        self.model = MODELS.build(segmentor_cfg(setting, variant, options['with_cp'],
+                                                options.get('head'), compile_regions))
         self.model.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         # Only the trainable set, as in training: a frozen trunk costs no optimizer state.
@@ -122,9 +158,12 @@ class VariantBench:
         self.inputs, self.train_samples, self.test_samples = self._batch()
         self.amp = options.get('amp') == 'bf16'
         self.last_loss = None
-        self.compiled = bool(options.get('compile'))
+        # Compiled: the blocks alone (the precision suite, any backbone), or the segmentor's
+        # own compile_regions (blocks and heads); eager modes run them with torch.compile's
+        # eager stance.
+        self.compiled = bool(options.get('compile') or compile_regions)
         self.use_compiled = self.compiled
-        if self.compiled:
+        if options.get('compile'):
             self._compile_blocks(options.get('compile_backend') or 'inductor')
 
     def _compile_blocks(self, backend: str):
@@ -158,6 +197,12 @@ class VariantBench:
         # A step that failed half-way (a compile error, out of memory) may have left
         # gradients behind.
         self.optimizer.zero_grad(set_to_none=True)
+
+    def set_batch_size(self, batch_size: int):
+        """A new synthetic batch of ``batch_size`` (the model and its optimizer state stay)."""
+        from dataclasses import replace
+        self.setting = replace(self.setting, batch_size=batch_size)
+        self.inputs, self.train_samples, self.test_samples = self._batch()
 
     def _batch(self):
         torch = self.torch
@@ -257,9 +302,15 @@ class VariantBench:
         return bool(self.torch.isfinite(self.last_loss).item())
 
     def flops(self) -> int:
+        """FLOPs of one step of the current phase, counted by ``torch.utils.flop_counter``
+        on the eager model with mmseg's heads (compiled kernels bypass the dispatcher it
+        counts with; FastSETRUPHead's interpolation products are mostly zeros): the
+        model's arithmetic, whatever executes it, so that MFU compares implementations."""
         from torch.utils.flop_counter import FlopCounterMode
         _register_cpu_sdpa_flops()
-        with FlopCounterMode(display=False) as counter:
+        stance = self.torch.compiler.set_stance('force_eager') if self.compiled \
+            else nullcontext()
+        with stance, _reference_heads(self.model), FlopCounterMode(display=False) as counter:
             self.phase_step()
         return int(counter.get_total_flops())
 
@@ -276,6 +327,22 @@ class VariantBench:
                     groups=counts, prompt_tokens=list(prompt_tokens),
                     guidance=bool(getattr(model, 'with_guidance', False)),
                     device_name=_device_name(self.device))
+
+
+@contextmanager
+def _reference_heads(model):
+    """Every ``FastSETRUPHead`` of ``model`` computes as mmseg's ``SETRUPHead`` (its base,
+    with the same parameters) inside the context."""
+    from davpt_seg.models.decode_heads import FastSETRUPHead
+    from mmseg.models.decode_heads import SETRUPHead
+    swapped = [m for m in model.modules() if type(m) is FastSETRUPHead]
+    try:
+        for module in swapped:
+            module.__class__ = SETRUPHead
+        yield
+    finally:
+        for module in swapped:
+            module.__class__ = FastSETRUPHead
 
 
 def _device_name(device) -> str:
@@ -356,6 +423,12 @@ def _serve(bench: VariantBench, memory: HostMemory, command: str, arg):
         return counters['stats']['unique_graphs']
     if command == 'flops':
         return bench.flops()
+    if command == 'batch_size':
+        return bench.set_batch_size(arg)
+    if command == 'last_loss':
+        return None if bench.last_loss is None else float(bench.last_loss)
+    if command == 'matmul_peak':
+        return matmul_peak_flops(str(bench.device), **(arg or {}))
     if command == 'peak_memory':
         return torch.accelerator.max_memory_allocated() \
             if bench.device.type != 'cpu' else memory.peak_bytes()

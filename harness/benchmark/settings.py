@@ -107,15 +107,31 @@ def resolve_setting(name: str, batch_size: Optional[int] = None,
 
 
 # --------------------------------------------------------------------------- model configs
-def segmentor_cfg(setting: Setting, variant: str, with_cp: bool = False) -> dict:
-    """The variant's segmentor: the same SETR-PUP heads on every backbone."""
+# The decode heads: ``fast`` is davpt-seg's FastSETRUPHead (what its configs use: the same
+# function and parameters, fewer full-resolution passes), ``mmseg`` mmseg's SETRUPHead.
+HEADS = {'fast': 'FastSETRUPHead', 'mmseg': 'SETRUPHead'}
+
+
+def segmentor_cfg(setting: Setting, variant: str, with_cp: bool = False,
+                  head: Optional[str] = None, compile_regions=False) -> dict:
+    """The variant's segmentor: SETR-PUP heads of the same shape on every backbone.
+
+    ``head``: a key of ``HEADS``; default: mmseg's for the stock ``mmseg-*`` variants (what
+    a user of mmseg runs), ours for the rest (what our configs run). ``compile_regions``:
+    ``DAVPTEncoderDecoder``'s switch (not for the ``mmseg-*`` variants)."""
     from mmengine.config import ConfigDict
     if variant not in VARIANTS:
         raise ValueError(f'unknown variant {variant!r}: choose from {VARIANTS}')
+    head = head or ('mmseg' if variant.startswith('mmseg-') else 'fast')
+    if head not in HEADS:
+        raise ValueError(f'head={head!r} is not one of {sorted(HEADS)}')
+    if compile_regions and variant.startswith('mmseg-'):
+        raise ValueError(f'compile_regions is a DAVPTEncoderDecoder switch; {variant} is '
+                         "mmseg's EncoderDecoder")
     norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN in the multi-GPU configs
 
-    def head(in_index, num_convs, up_scale, weight):
-        return dict(type='SETRUPHead', in_channels=setting.embed_dim,
+    def head_cfg(in_index, num_convs, up_scale, weight):
+        return dict(type=HEADS[head], in_channels=setting.embed_dim,
                     channels=setting.head_channels, in_index=in_index,
                     num_classes=setting.num_classes, dropout_ratio=0, norm_cfg=norm_cfg,
                     num_convs=num_convs, up_scale=up_scale, kernel_size=3,
@@ -123,8 +139,8 @@ def segmentor_cfg(setting: Setting, variant: str, with_cp: bool = False) -> dict
                     loss_decode=dict(type='CrossEntropyLoss', loss_weight=weight))
 
     num_outs = len(setting.out_indices)
-    decode_head = head(num_outs - 1, setting.decode_convs, 2, 1.0)
-    auxiliary_head = [head(i, setting.aux_convs, 4, 0.4) for i in range(num_outs - 1)]
+    decode_head = head_cfg(num_outs - 1, setting.decode_convs, 2, 1.0)
+    auxiliary_head = [head_cfg(i, setting.aux_convs, 4, 0.4) for i in range(num_outs - 1)]
     if variant.startswith('mmseg-'):
         backbone = dict(
             type='VisionTransformer', img_size=(setting.img_size, setting.img_size),
@@ -141,7 +157,7 @@ def segmentor_cfg(setting: Setting, variant: str, with_cp: bool = False) -> dict
             type='PromptedViT', arch=setting.arch, img_size=setting.img_size,
             timm_kwargs=dict(setting.timm_kwargs), out_indices=setting.out_indices,
             tuning_mode=variant, interpolate_mode='bilinear', with_cp=with_cp)
-        segmentor = dict(type='DAVPTEncoderDecoder')
+        segmentor = dict(type='DAVPTEncoderDecoder', compile_regions=compile_regions)
         if variant == 'vpt-deep':  # the guided layout's token counts, without guidance
             backbone.update(num_prompts=setting.prompt_layout)
         elif variant in ('da-vpt', 'da-vpt+'):

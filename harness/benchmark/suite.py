@@ -38,6 +38,7 @@ from .settings import (PRECISIONS, REFERENCE, SDPA_BACKENDS, SUITE_VARIANTS, VAR
 # The real training config the smoke run trains (its geometry is the vit-l-512 setting's).
 SMOKE_CONFIG = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
                         'configs', 'setr_pup_davpt_ade20k.py')
+# At least this many images, and two batches' worth: an epoch of a few iterations.
 SMOKE_IMAGES = 16
 
 
@@ -59,12 +60,16 @@ def _rotated(items: list, shift: int) -> list:
 
 
 # --------------------------------------------------------------------------- smoke run
-def smoke_cfg(config: str, setting: Setting, data_root: str, work_dir: str, iters: int):
+def smoke_cfg(config: str, setting: Setting, data_root: str, work_dir: str, iters: int,
+              compile_backend: str = 'inductor'):
     """``config`` trained for ``iters`` iterations on ``data_root``: no pretrained trunk
     file (random weights), no validation, no checkpoint (1.3 GB for ViT-L). Settings other
-    than ``vit-l-512`` shrink the trunk, heads and crop to theirs (the test sizes)."""
+    than ``vit-l-512`` shrink the trunk, heads, crop and data loader to theirs (the test
+    sizes). A config with ``compile_regions`` compiles with ``compile_backend``."""
     from mmengine.config import Config
     cfg = Config.fromfile(config)
+    if cfg.model.get('compile_regions'):
+        cfg.model.compile_regions = dict(backend=compile_backend)
     cfg.work_dir = work_dir
     cfg.randomness = dict(seed=0)
     cfg.model.backbone.init_cfg = None
@@ -75,6 +80,12 @@ def smoke_cfg(config: str, setting: Setting, data_root: str, work_dir: str, iter
         cfg[name] = None
     cfg.default_hooks.checkpoint = None
     cfg.default_hooks.logger.interval = max(1, min(10, iters))
+    # The mapping hook re-clusters once per epoch: an epoch of the real dataset is a thousand
+    # iterations, of the smoke dataset a few, which would time k-means instead of training.
+    # The initial clustering pass before training stays.
+    for hook in cfg.get('custom_hooks', []):
+        if hook.get('type') == 'ClassPromptMappingHook':
+            hook['interval'] = iters + 1
     if setting.name != 'vit-l-512':
         _shrink(cfg, setting)
     return cfg
@@ -91,6 +102,7 @@ def _shrink(cfg, setting: Setting):
     cfg.model.data_preprocessor.size = size
     for head in [cfg.model.decode_head, *cfg.model.auxiliary_head]:
         head.update(in_channels=setting.embed_dim, channels=setting.head_channels)
+    cfg.train_dataloader.num_workers = min(cfg.train_dataloader.num_workers, 2)
     for step in cfg.train_dataloader.dataset.pipeline:
         if step.type == 'RandomResize':
             step.scale = (4 * setting.img_size, setting.img_size)
@@ -99,7 +111,7 @@ def _shrink(cfg, setting: Setting):
 
 
 def smoke_train(setting: Setting, config: str = SMOKE_CONFIG, iters: int = 50,
-                threads: int = 1) -> dict:
+                threads: int = 1, compile_backend: str = 'inductor') -> dict:
     """Trains ``config`` (see :func:`smoke_cfg`) as ``tools/train.py --amp`` would (bf16
     where the GPU has it, TF32; fp32 on the CPU, where mmengine's AmpOptimWrapper cannot
     run) on a synthetic ADE20K-layout dataset, and reports whether every iteration's losses
@@ -117,16 +129,20 @@ def smoke_train(setting: Setting, config: str = SMOKE_CONFIG, iters: int = 50,
     try:
         # ADE20K's images are about the crop's size; the pipeline resizes them 0.5-2x.
         image_size = setting.img_size
-        data_root = make_ade_like_dataset(osp.join(root, 'data'), num_train=SMOKE_IMAGES,
-                                          size=image_size, num_classes=MAX_CLASSES,
-                                          splits=('training', ))
-        cfg = smoke_cfg(config, setting, data_root, osp.join(root, 'work'), iters)
+        cfg = smoke_cfg(config, setting, '', osp.join(root, 'work'), iters, compile_backend)
+        images = max(SMOKE_IMAGES, 2 * cfg.train_dataloader.batch_size)
+        cfg.train_dataloader.dataset.data_root = make_ade_like_dataset(
+            osp.join(root, 'data'), num_train=images, size=image_size,
+            num_classes=MAX_CLASSES, splits=('training', ))
         if has_accelerator():
             notes = [line for _, line in configure_amp(cfg, None, accelerator_supports_bf16())]
             precision = 'bf16' if cfg.optim_wrapper.dtype == 'bfloat16' else 'fp16'
         else:
             notes = ['fp32: mixed precision (mmengine\'s AmpOptimWrapper) needs an accelerator']
             precision = 'fp32'
+            if cfg.optim_wrapper.type == 'AmpOptimWrapper':  # a GPU recipe, on the CPU
+                cfg.optim_wrapper = dict(type='OptimWrapper',
+                                         optimizer=cfg.optim_wrapper.optimizer)
         tf32 = configure_tf32(True, is_cuda_available())
         notes += [tf32] if tf32 else []
         runner = Runner.from_cfg(cfg)
@@ -148,7 +164,7 @@ def smoke_train(setting: Setting, config: str = SMOKE_CONFIG, iters: int = 50,
         return dict(
             config=osp.relpath(config, osp.dirname(osp.dirname(SMOKE_CONFIG))), iters=iters,
             iterations_logged=len(total), precision=precision, notes=notes,
-            images=SMOKE_IMAGES, image_size=image_size,
+            images=images, image_size=image_size,
             batch_size=cfg.train_dataloader.batch_size, loss_first=total[0],
             loss_last=total[-1], loss_max=max(total), loss_names=sorted(losses),
             losses_finite=losses_finite, weights_finite=weights_finite,
@@ -172,10 +188,11 @@ def _smoke_worker(conn, setting_dict: dict, _name: str, options: dict):
         conn.close()
 
 
-def run_smoke(context, setting: Setting, config: str, iters: int, threads: int) -> dict:
+def run_smoke(context, setting: Setting, config: str, iters: int, threads: int,
+              compile_backend: str = 'inductor') -> dict:
     """:func:`smoke_train` in a fresh process (its own GPU memory and logger)."""
-    worker = _Worker(context, setting, 'smoke training', dict(config=config, iters=iters,
-                                                              threads=threads),
+    worker = _Worker(context, setting, 'smoke training', dict(
+        config=config, iters=iters, threads=threads, compile_backend=compile_backend),
                      target=_smoke_worker, daemon=False)  # its data loader forks workers
     try:
         return worker.reply()

@@ -9,7 +9,11 @@
 #
 # --suite: one call at the paper's scale (fp32 / TF32 / bf16, with_cp off / on, eager /
 # torch.compile, mmseg-full / VPT-Deep / DA-VPT, plus a bf16 smoke training of the real
-# ADE20K config); the GPU command is in docs/benchmarks.md ("GPU").
+# ADE20K config). --profile: where one training step's time goes (top operators by device
+# and host time, device idle fraction, host-device syncs; the trace beside the table).
+# --throughput: the one-GPU recipe's batch sweep with counted FLOPs and MFU, the speed-ups
+# one by one, the stock mmseg peer, inference and a real training run.
+# tools/misc/gpu_benchmark.sh runs --profile and --throughput on a GPU in one call.
 #
 # Settings: vit-l-512 (alias gpu; the paper's ViT-L/16 512x512 batch 2), cpu (ViT-S/16
 # 256x256 batch 2, minutes on a laptop CPU), tiny (tests). Method: harness/benchmark/.
@@ -88,6 +92,23 @@ def parse_args(argv=None):
     parser.add_argument('--budget-s', type=float,
                         help='with --suite: start no stage (group, mode, round) after this many '
                         'seconds; what is skipped is listed')
+    parser.add_argument('--profile', action='store_true',
+                        help='profile --profile-steps training steps of the first --variants '
+                        '(default da-vpt) at --batch-size in --amp or fp32 '
+                        '(harness/benchmark/profile.py); --trace: where the trace goes')
+    parser.add_argument('--profile-steps', type=int, default=3,
+                        help='with --profile: steps recorded (after --warmup steps)')
+    parser.add_argument('--trace', help='with --profile: write the Chrome trace here '
+                        '(.json or .json.gz)')
+    parser.add_argument('--speedups', choices=['stock', 'recipe'], default='recipe',
+                        help='with --profile: the stock step (mmseg\'s head, eager) or the '
+                        "recipe's (FastSETRUPHead, compile_regions)")
+    parser.add_argument('--throughput', action='store_true',
+                        help='batch sweep with counted FLOPs and MFU, the speed-ups one by one, '
+                        'the stock mmseg peer, inference and a real training run of the '
+                        'one-GPU recipe (harness/benchmark/throughput.py)')
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[2, 8, 16],
+                        help='with --throughput: the batch sweep')
     parser.add_argument('--out', help='markdown file whose section for this run is replaced')
     parser.add_argument('--json', help='also write the raw results here')
     return parser.parse_args(argv)
@@ -115,6 +136,29 @@ def main(argv=None):
             progress=lambda line: print(line, flush=True))
         return _report(args, results, command, bm.render_onnx_markdown(results, command),
                        'onnx-latency-cpu')
+    if args.profile:
+        variant = (args.variants or ['da-vpt'])[0]
+        results = bm.run_profile(
+            setting, variant, device=device, precision=args.amp or 'fp32',
+            steps=args.profile_steps, warmup=args.warmup, threads=threads, sdpa=args.sdpa,
+            trace_path=args.trace, start_method=args.start_method,
+            recipe=args.speedups == 'recipe', compile_backend=args.compile_backend,
+            progress=lambda line: print(line, flush=True))
+        return _report(args, results, command, bm.render_profile_markdown(results, command),
+                       bm.profile_section_key(results))
+    if args.throughput:
+        def report_throughput(results, quiet=True):
+            return _report(args, results, command,
+                           bm.render_throughput_markdown(results, command),
+                           bm.throughput_section_key(results), quiet)
+        return report_throughput(bm.run_throughput(
+            setting, device=device, precision=args.amp or 'fp32',
+            batch_sizes=args.batch_sizes, variants=args.variants or ('vpt-deep', 'da-vpt'),
+            compile_backend=args.compile_backend, repeats=args.repeats, iters=args.iters,
+            warmup=args.warmup, threads=threads, smoke_iters=args.smoke_iters,
+            budget_s=args.budget_s, start_method=args.start_method,
+            progress=lambda line: print(line, flush=True), on_update=report_throughput),
+            quiet=False)
     if args.suite:
         def report_suite(results, quiet=True):
             return _report(args, results, command, bm.render_suite_markdown(results, command),

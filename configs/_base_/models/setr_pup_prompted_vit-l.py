@@ -1,5 +1,7 @@
 # The DA-VPT model shared by every SETR-PUP config of ours: a frozen ViT-L/16 with deep
-# prompts (PromptedViT) under mmseg's SETR-PUP decode head and three auxiliary heads.
+# prompts (PromptedViT) under SETR-PUP's decode head and three auxiliary heads, as
+# FastSETRUPHead: mmseg's SETRUPHead (same arguments, parameters and function) computed in
+# fewer full-resolution passes (davpt_seg/models/decode_heads/setr_up_head.py).
 # Dataset configs set the class count, crop and inference mode; the tuning-mode variants
 # (VPT-Deep, DA-VPT+) change one or two fields. Nothing dataset-specific lives here.
 _base_ = ['mmseg::_base_/models/setr_pup.py']
@@ -12,7 +14,7 @@ num_classes = 150
 # The auxiliary heads follow mmseg's SETR-PUP ADE20K 512x512 config (two 3x3 convs each),
 # one per intermediate output (blocks 9, 14, 19; the decode head reads block 23).
 aux_head = dict(
-    type='SETRUPHead',
+    type='FastSETRUPHead',
     in_channels=1024,
     channels=256,
     num_classes=num_classes,
@@ -47,7 +49,7 @@ model = dict(
         # ImageNet-21k ViT-L/16 in timm or mmseg format (tools/model_converters/vit2mmseg.py
         # of mmseg converts the original jx_vit_large_p16_384 file).
         init_cfg=dict(type='Pretrained', checkpoint='pretrain/vit_large_p16.pth')),
-    decode_head=dict(num_classes=num_classes),
+    decode_head=dict(type='FastSETRUPHead', num_classes=num_classes),
     auxiliary_head=[dict(aux_head, in_index=i) for i in range(3)],
     # beta = gamma = 0.05 and Proxy-Anchor (alpha 32, margin 0.1): the official defaults.
     loss_prompt_token=dict(type='ProxyAnchorLoss', alpha=32., margin=0.1, loss_weight=0.05,

@@ -1,5 +1,5 @@
 """mmseg's EncoderDecoder plus DA-VPT's metric losses between guided prompts and the data."""
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,14 @@ class DAVPTEncoderDecoder(EncoderDecoder):
             k/v bias offsets where the prompt embedding depends on them). Otherwise the
             gradient also reaches every earlier block's prompts through the guided block's
             input, reshaping the features the decode head reads.
+        compile_regions: ``torch.compile`` the model's repeated and full-resolution regions
+            (``True``, or a dict of ``torch.compile`` arguments; default ``False``): every
+            backbone block (one graph serves all blocks of a shape; the guided block's
+            forward with its embeddings stays eager) and each decode / auxiliary head's
+            forward and loss (the cross-entropy then reads the bf16 logits in one fused
+            pass instead of materialising fp32 copies). The step's Python (data samples,
+            class assignment, metric losses) stays eager, so nothing breaks the graphs.
+            Static shapes unless the dict says otherwise. The first iterations compile.
     """
 
     def __init__(self,
@@ -93,6 +101,7 @@ class DAVPTEncoderDecoder(EncoderDecoder):
                  class_assignment: str = 'random',
                  embedding_pairing: str = 'query-attention',
                  detach_data: bool = False,
+                 compile_regions: Union[bool, dict] = False,
                  **kwargs):
         replaced = sorted(set(kwargs) & set(_REPLACED_ARGUMENTS))
         if replaced:
@@ -148,6 +157,24 @@ class DAVPTEncoderDecoder(EncoderDecoder):
                 num_classes, self.backbone.num_guided_prompts, self.backbone.embed_dim,
                 class_representation)
         self.with_guidance = bool(guided_blocks)
+        if compile_regions:
+            self._compile_regions({} if compile_regions is True else dict(compile_regions))
+
+    def _compile_regions(self, options: dict) -> None:
+        options.setdefault('dynamic', False)
+        backbone = self.backbone
+        blocks = backbone.trunk.blocks if hasattr(backbone, 'trunk') else \
+            getattr(backbone, 'layers', ())
+        for block in blocks:
+            block.compile(**options)
+        heads = [self.decode_head]
+        if self.with_auxiliary_head:
+            heads += list(self.auxiliary_head) if isinstance(
+                self.auxiliary_head, torch.nn.ModuleList) else [self.auxiliary_head]
+        for head in heads:
+            head.compile(**options)
+            # An instance attribute: the class's method stays as it is for other heads.
+            head.loss_by_feat = torch.compile(head.loss_by_feat, **options)
 
     # ------------------------------------------------------------------------ training
     def loss(self, inputs: torch.Tensor, data_samples: SampleList) -> dict:

@@ -1,0 +1,3 @@
+from .setr_up_head import FastSETRUPHead, SyncFreeLossMixin, bilinear_upsample, top1_accuracy
+
+__all__ = ['FastSETRUPHead', 'SyncFreeLossMixin', 'bilinear_upsample', 'top1_accuracy']
