@@ -1,6 +1,7 @@
 """Builders of tiny versions of the real modules (few blocks, small width, 32 px), shared by
 the tests: ``from tests.helpers import tiny_segmentor``."""
 import copy
+import functools
 import itertools
 import os.path as osp
 
@@ -47,6 +48,54 @@ def tiny_backbone(tuning_mode: str = 'da-vpt', **overrides) -> dict:
     cfg.update(_PROMPT_LAYOUTS.get(tuning_mode, {} if tuning_mode else dict(num_prompts=3)))
     cfg.update(overrides)
     return cfg
+
+
+# The config keys of mmseg's heads and necks that hold a width (channels, embedding sizes).
+WIDTH_KEYS = ('in_channels', 'channels', 'out_channels', 'mla_channels', 'embed_dims',
+              'post_process_channels')
+
+
+def shrink(node, width: int, num_classes=NUM_CLASSES, key=None):
+    """Widths in a head/neck config scaled so that a trunk ``width`` wide becomes the tiny
+    trunk's; attention heads to the tiny trunk's (they must divide the width); class counts
+    to ``num_classes`` (None: as written)."""
+    if isinstance(node, dict):
+        return {k: shrink(v, width, num_classes, k) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(shrink(v, width, num_classes, key) for v in node)
+    if key == 'num_classes' and num_classes is not None:
+        return num_classes
+    if key == 'num_heads':
+        return TINY_TIMM['num_heads']
+    if key in WIDTH_KEYS and isinstance(node, int):
+        return max(4, round(node * TINY_TIMM['embed_dim'] / width))
+    return node
+
+
+@functools.lru_cache(maxsize=None)
+def trunk_width(arch: str) -> int:
+    """The embedding width of timm's ``arch`` (built on the meta device: no weights)."""
+    import timm
+    import torch
+    with torch.device('meta'):
+        return timm.create_model(arch, pretrained=False).embed_dim
+
+
+def tiny_width_model(model: dict, num_classes=NUM_CLASSES) -> dict:
+    """A segmentor config over a PromptedViT with its trunk at the tiny trunk's patch size,
+    width and heads (TINY_TIMM) but its own depth, so that block indices (``out_indices``,
+    ``guided_blocks``) keep their meaning; the heads' and necks' widths scaled with the
+    trunk's, so that a width that does not fit the trunk still does not fit; class counts
+    to ``num_classes`` (None: as written); no pretrained weights (tests have none)."""
+    model = copy.deepcopy(dict(model))
+    backbone = dict(model.pop('backbone'))
+    timm_kwargs = dict(backbone.get('timm_kwargs') or {})
+    width = timm_kwargs.get('embed_dim') or trunk_width(backbone['arch'])
+    model = shrink(model, width, num_classes)
+    timm_kwargs.update({k: TINY_TIMM[k] for k in ('patch_size', 'embed_dim', 'num_heads')})
+    backbone.update(timm_kwargs=timm_kwargs, init_cfg=None)
+    model['backbone'] = backbone
+    return model
 
 
 def metric_losses(weight: float = 0.05, **proxy_anchor) -> dict:

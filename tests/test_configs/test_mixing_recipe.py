@@ -23,7 +23,7 @@ import torch
 from mmengine.config import Config
 from mmseg.models.backbones import VisionTransformer
 
-from tests.helpers import NUM_CLASSES, ROOT, TINY_TIMM, build_runner
+from tests.helpers import NUM_CLASSES, ROOT, build_runner, tiny_width_model
 
 DOC = osp.join(ROOT, 'docs', 'mixing.md')
 MMSEG_CONFIGS = osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs')
@@ -43,8 +43,6 @@ TRAINED = {
     'segmenter-linear': 'segmenter/segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py',
     'dpt': 'dpt/dpt_vit-b16_8xb2-160k_ade20k-512x512.py',
 }
-WIDTH_KEYS = ('in_channels', 'channels', 'out_channels', 'mla_channels', 'embed_dims',
-              'post_process_channels')
 
 
 def recipe(base: str) -> str:
@@ -99,22 +97,6 @@ def test_the_table_covers_every_mmseg_vit_config_with_its_values():
              (original['patch_size'], ) * 2), config
 
 
-def shrink(node, width: int, key=None):
-    """Widths scaled so that the trunk's ``width`` becomes the tiny trunk's; class counts to
-    NUM_CLASSES; attention heads to the tiny trunk's (they must divide the width)."""
-    if isinstance(node, dict):
-        return {k: shrink(v, width, k) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return type(node)(shrink(v, width, key) for v in node)
-    if key == 'num_classes':
-        return NUM_CLASSES
-    if key == 'num_heads':
-        return TINY_TIMM['num_heads']
-    if key in WIDTH_KEYS and isinstance(node, int):
-        return max(4, round(node * TINY_TIMM['embed_dim'] / width))
-    return node
-
-
 def converted(config: str, tmp_path, **backbone) -> Config:
     """The recipe on ``config`` with the table's fields set, as a user writes it."""
     path = tmp_path / 'davpt_config.py'
@@ -124,19 +106,15 @@ def converted(config: str, tmp_path, **backbone) -> Config:
     return cfg
 
 
-def tiny(cfg: Config, config: str, data_root: str, work_dir: str, name: str) -> Config:
+def tiny(cfg: Config, data_root: str, work_dir: str, name: str) -> Config:
     from harness.synthetic import ade_class_names
     cfg = copy.deepcopy(cfg)
-    model = cfg.to_dict()['model']
-    backbone = model.pop('backbone')
-    model = shrink(model, original_backbone(config)['embed_dims'])
-    backbone.update(timm_kwargs=dict(patch_size=TINY_TIMM['patch_size'],
-                                     embed_dim=TINY_TIMM['embed_dim'],
-                                     num_heads=TINY_TIMM['num_heads']),
-                    num_prompts=3, init_cfg=None)
+    model = tiny_width_model(cfg.to_dict()['model'])
+    backbone = model['backbone']
+    backbone.update(num_prompts=3)
     if backbone.get('guided_blocks'):
         backbone.update(num_guided_prompts=3, num_extra_prompts=1)
-    model.update(backbone=backbone, test_cfg=dict(mode='whole'))
+    model.update(test_cfg=dict(mode='whole'))
     model['data_preprocessor']['size'] = (32, 32)
     cfg.model = model
     cfg.merge_from_dict(dict(
@@ -172,10 +150,10 @@ def test_recipe_turns_mmseg_vit_configs_into_davpt(name, tmp_path, synthetic_ade
     assert cfg.train_dataloader.dataset.type == 'ADE20KDataset'
     if not cfg.model.backbone.with_cls_token:  # SETR-MLA: the doc says to keep CLS
         with pytest.raises(ValueError, match='need the CLS token.*with_cls_token=True'):
-            build_runner(tiny(cfg, config, synthetic_ade, str(tmp_path / 'x'), name))
+            build_runner(tiny(cfg, synthetic_ade, str(tmp_path / 'x'), f'{name}-no-cls'))
         cfg.model.backbone.with_cls_token = True
 
-    runner = build_runner(tiny(cfg, config, synthetic_ade, str(tmp_path / 'work'), name))
+    runner = build_runner(tiny(cfg, synthetic_ade, str(tmp_path / 'work'), name))
     runner.train()
     assert runner.iter == 1
     model = runner.model
@@ -201,8 +179,7 @@ def test_setr_mla_without_cls_token_trains_as_vpt_deep(tmp_path, synthetic_ade):
     # docs/mixing.md: VPT-Deep has no metric losses and no mapping hook
     cfg.model.update(loss_prompt_token=None, loss_prompt_cls=None)
     cfg.custom_hooks = []
-    runner = build_runner(tiny(cfg, config, synthetic_ade, str(tmp_path / 'work'),
-                                  'mla-vpt'))
+    runner = build_runner(tiny(cfg, synthetic_ade, str(tmp_path / 'work'), 'mla-vpt'))
     runner.train()
     assert runner.iter == 1 and runner.model.backbone.num_prefix == 0
     assert torch.isfinite(torch.tensor(runner.message_hub.get_scalar('train/loss').current()))
