@@ -195,9 +195,12 @@ def _release_pinned_groups() -> List[str]:
         if not name.startswith('torch.distributed') or module is None:
             continue
         for attr, value in list(vars(module).items()):
+            # Only callables have defaults; asking the others can warn (an attribute of the
+            # deprecated `torch.distributed.reduce_op` object emits a FutureWarning).
+            if not callable(value):
+                continue
             defaults = getattr(value, '__defaults__', None)
-            if callable(value) and defaults and \
-                    any(isinstance(d, ProcessGroup) for d in defaults):
+            if defaults and any(isinstance(d, ProcessGroup) for d in defaults):
                 value.__defaults__ = tuple(None if isinstance(d, ProcessGroup) else d
                                            for d in defaults)
                 released.append(f'{name}.{attr}')
