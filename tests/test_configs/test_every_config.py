@@ -7,6 +7,7 @@ configs/ holds three kinds of file:
   with the test that builds and runs it. A config of a pretrained trunk runs at the tiny
   trunk's width (``tests.helpers.tiny_width_model``: its depth, prompt layout, heads and
   class count as written); a config of a random trunk (the demo's) runs as written.
+  ``compile_regions`` runs torch.compile's graph capture with the eager backend.
 - study files (``configs/studies/``, harness/study/spec.py): not model configs. Every model
   a study can train (a variant's config + its options + a schedule's options, as
   tools/study.py passes them to tools/train.py) runs here the same way.
@@ -88,6 +89,12 @@ def run_model(model_cfg: dict, where: str) -> None:
     model_cfg = copy.deepcopy(model_cfg)
     if model_cfg['backbone'].get('init_cfg') is not None:
         model_cfg = tiny_width_model(model_cfg, num_classes=None)
+    compile_regions = model_cfg.get('compile_regions')
+    if compile_regions:
+        # torch.compile's capture of the regions, without inductor's code generation for
+        # this CPU (half a minute per config, and not what a GPU would run).
+        model_cfg['compile_regions'] = dict(
+            compile_regions if isinstance(compile_regions, dict) else {}, backend='eager')
     # ConfigDict: mmseg reads train_cfg / test_cfg by attribute.
     model = revert_sync_batchnorm(MODELS.build(ConfigDict(model_cfg)))
     classes = model.decode_head.num_classes
