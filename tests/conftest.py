@@ -4,10 +4,20 @@ import torch
 from mmseg.utils import register_all_modules
 
 import davpt_seg  # noqa: F401  (registers the project's modules)
+from harness.entry import KNOWN_THIRD_PARTY_WARNINGS
 from tests.helpers import NUM_CLASSES
 
 # Tests build configs the way tools/train.py does: inside mmseg's default scope.
 register_all_modules(init_default_scope=True)
+
+
+def pytest_configure(config):
+    """The notices the tools hide, hidden from the warnings summary too: added to the ini's
+    ``filterwarnings`` (which pytest applies around every test) from the tools' own list, so
+    that one list serves both and pyproject.toml holds no copy of it."""
+    for category, module, message in KNOWN_THIRD_PARTY_WARNINGS:
+        config.addinivalue_line('filterwarnings',
+                                f'ignore:{message}:{category.__name__}:{module}')
 
 
 @pytest.fixture(autouse=True)
