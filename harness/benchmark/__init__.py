@@ -4,6 +4,7 @@ a smoke training run); onnxruntime against PyTorch; markdown for docs/benchmarks
 """
 from .measure import HostMemory, describe_machine, run_benchmark, run_memory
 from .profile import profile_section_key, render_profile_markdown, run_profile
+from .throughput import STAGES as THROUGHPUT_STAGES
 from .throughput import render_throughput_markdown, run_throughput, throughput_section_key
 from .onnx_latency import (ONNX_BACKENDS, render_onnx_markdown, run_onnx_latencies,
                            run_onnx_latency)
@@ -24,4 +25,4 @@ __all__ = ['HostMemory', 'describe_machine', 'run_benchmark', 'run_memory', 'ONN
            'VARIANTS', 'Setting', 'resolve_setting', 'segmentor_cfg', 'SMOKE_CONFIG',
            'run_suite', 'smoke_cfg', 'profile_section_key', 'render_profile_markdown',
            'run_profile', 'render_throughput_markdown', 'run_throughput',
-           'throughput_section_key']
+           'throughput_section_key', 'THROUGHPUT_STAGES']

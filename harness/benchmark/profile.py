@@ -315,7 +315,8 @@ def run_profile(setting, variant: str = 'da-vpt', device: str = 'cpu', precision
 def profile_section_key(results: dict) -> str:
     options = results['options']
     return (f"profile-{results['setting']['name']}-{options['device'].split(':')[0]}-"
-            f"{options['variant']}-{options['precision']}-b{results['setting']['batch_size']}")
+            f"{options['variant']}-{options['precision']}-b{results['setting']['batch_size']}"
+            + ('' if options['compile_regions'] or options['head'] == 'fast' else '-stock'))
 
 
 def render_profile_markdown(results: dict, command: str) -> str:

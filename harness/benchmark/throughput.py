@@ -45,6 +45,7 @@ SPEEDUPS = (
     ('+ compile_regions (the recipe)', dict(head='fast', compile=True)),
 )
 PEER = 'mmseg-full'
+STAGES = ('sweep', 'speed-ups', 'peer', 'inference', 'smoke')
 
 
 def _median_ms(seconds: Sequence[float]) -> float:
@@ -70,7 +71,8 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
                    compile_backend: str = 'inductor', repeats: int = 3, iters: int = 2,
                    warmup: int = 3, threads: int = 1, smoke_iters: int = 40,
                    smoke_config: str = RECIPE_CONFIG, inference_config: str = SMOKE_CONFIG,
-                   inference_images: int = 3, budget_s: Optional[float] = None,
+                   inference_images: int = 3, stages: Sequence[str] = STAGES,
+                   budget_s: Optional[float] = None,
                    start_method: str = 'auto', progress: Callable[[str], None] = print,
                    on_update: Optional[Callable[[dict], None]] = None) -> dict:
     """See the module docstring. Returns plain data; ``on_update`` gets it after every
@@ -82,6 +84,9 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
     if repeats < 1 or iters < 1 or warmup < 1:
         raise ValueError('repeats, iters and warmup must be >= 1 (the first warm-up step '
                          'compiles)')
+    unknown = [name for name in stages if name not in STAGES]
+    if unknown or not stages:
+        raise ValueError(f'stages {unknown or "none"}: choose some of {STAGES}')
     start = time.monotonic()
     context, method = _start_context(start_method, device)
     batch_sizes = sorted(set(batch_sizes))
@@ -92,7 +97,8 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
         kind='throughput', setting=asdict(setting),
         options=dict(base, precision=precision, batch_sizes=batch_sizes,
                      variants=list(variants), repeats=repeats, iters=iters, warmup=warmup,
-                     smoke_iters=smoke_iters, budget_s=budget_s, start_method=method),
+                     smoke_iters=smoke_iters, budget_s=budget_s, start_method=method,
+                     stages=[name for name in STAGES if name in stages]),
         machine=describe_machine(device, threads), peak=None, sweep=[], speedups=[],
         peer=[], inference=[], smoke=None, skipped=[], stage_seconds={},
         started=time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
@@ -109,6 +115,8 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
         return budget_s is not None and time.monotonic() - start > budget_s
 
     def stage(name: str, fn: Callable[[], None]):
+        if name not in stages:
+            return
         if over_budget():
             results['skipped'].append(dict(stage=name, reason='time budget'))
             progress(f'{name}: skipped (time budget)')
@@ -179,7 +187,7 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
             update()
 
     def peer():
-        for batch in sorted({batch_sizes[0], largest}):
+        for batch in (largest, ):
             live = worker(PEER, batch)
             try:
                 row = dict(variant=PEER, batch_size=batch, flops=live.ask('flops'))
@@ -354,7 +362,12 @@ TARGET_MFU = 0.30
 
 
 def throughput_section_key(results: dict) -> str:
-    return f"throughput-{results['setting']['name']}-{results['options']['device'].split(':')[0]}"
+    """One section per setting, device and set of stages (a run of some stages adds to the
+    full run's section instead of replacing it)."""
+    options = results['options']
+    key = f"throughput-{results['setting']['name']}-{options['device'].split(':')[0]}"
+    stages = options.get('stages', STAGES)
+    return key if list(stages) == list(STAGES) else key + '-' + '-'.join(stages)
 
 
 def _pct(value: Optional[float]) -> str:

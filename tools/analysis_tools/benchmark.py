@@ -109,6 +109,9 @@ def parse_args(argv=None):
                         'one-GPU recipe (harness/benchmark/throughput.py)')
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[2, 8, 16],
                         help='with --throughput: the batch sweep')
+    parser.add_argument('--stages', nargs='+', choices=bm.THROUGHPUT_STAGES,
+                        default=list(bm.THROUGHPUT_STAGES),
+                        help='with --throughput: the stages to run (default: all)')
     parser.add_argument('--out', help='markdown file whose section for this run is replaced')
     parser.add_argument('--json', help='also write the raw results here')
     return parser.parse_args(argv)
@@ -156,7 +159,7 @@ def main(argv=None):
             batch_sizes=args.batch_sizes, variants=args.variants or ('vpt-deep', 'da-vpt'),
             compile_backend=args.compile_backend, repeats=args.repeats, iters=args.iters,
             warmup=args.warmup, threads=threads, smoke_iters=args.smoke_iters,
-            budget_s=args.budget_s, start_method=args.start_method,
+            stages=args.stages, budget_s=args.budget_s, start_method=args.start_method,
             progress=lambda line: print(line, flush=True), on_update=report_throughput),
             quiet=False)
     if args.suite:

@@ -68,11 +68,18 @@ class SyncFreeLossMixin:
     """``BaseDecodeHead.loss_by_feat`` with the same losses and ``acc_seg``, without two
     full-resolution passes and without host-device syncs: logits that already have the
     labels' size are not resized (mmseg interpolates them onto the same grid, a copy
-    forward and backward), and the accuracy uses :func:`top1_accuracy`."""
+    forward and backward), and the accuracy uses :func:`top1_accuracy`.
+
+    The tensor work is :meth:`loss_by_labels` (what ``compile_regions`` compiles): the data
+    samples stay outside, so that the compiled graph sees one contiguous label tensor
+    rather than guarding on every sample's own tensor and strides."""
 
     def loss_by_feat(self, seg_logits: torch.Tensor,
                      batch_data_samples: SampleList) -> dict:
-        seg_label = self._stack_batch_gt(batch_data_samples)
+        return self.loss_by_labels(seg_logits, self._stack_batch_gt(batch_data_samples))
+
+    def loss_by_labels(self, seg_logits: torch.Tensor, seg_label: torch.Tensor) -> dict:
+        """The losses of ``seg_logits`` (B, C, h, w) against ``seg_label`` (B, 1, H, W)."""
         if seg_logits.shape[2:] != seg_label.shape[2:]:
             seg_logits = resize(input=seg_logits, size=seg_label.shape[2:], mode='bilinear',
                                 align_corners=self.align_corners)

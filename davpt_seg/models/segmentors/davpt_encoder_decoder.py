@@ -84,8 +84,9 @@ class DAVPTEncoderDecoder(EncoderDecoder):
             (``True``, or a dict of ``torch.compile`` arguments; default ``False``): every
             backbone block (one graph serves all blocks of a shape; the guided block's
             forward with its embeddings stays eager) and each decode / auxiliary head's
-            forward and loss (the cross-entropy then reads the bf16 logits in one fused
-            pass instead of materialising fp32 copies). The step's Python (data samples,
+            forward and loss (FastSETRUPHead: ``loss_by_labels``, where the cross-entropy
+            reads the bf16 logits in one fused pass instead of materialising fp32 copies;
+            other heads: ``loss_by_feat``). The step's Python (data samples,
             class assignment, metric losses) stays eager, so nothing breaks the graphs.
             Static shapes unless the dict says otherwise. The first iterations compile.
     """
@@ -173,8 +174,12 @@ class DAVPTEncoderDecoder(EncoderDecoder):
                 self.auxiliary_head, torch.nn.ModuleList) else [self.auxiliary_head]
         for head in heads:
             head.compile(**options)
-            # An instance attribute: the class's method stays as it is for other heads.
-            head.loss_by_feat = torch.compile(head.loss_by_feat, **options)
+            # Tensors only (FastSETRUPHead's loss_by_labels): a graph over the data samples
+            # would guard on each sample's label tensor, and real batches, whose labels come
+            # padded or not, would recompile it until torch gives up. An instance
+            # attribute: the class's method stays as it is for other heads.
+            target = 'loss_by_labels' if hasattr(head, 'loss_by_labels') else 'loss_by_feat'
+            setattr(head, target, torch.compile(getattr(head, target), **options))
 
     # ------------------------------------------------------------------------ training
     def loss(self, inputs: torch.Tensor, data_samples: SampleList) -> dict:
