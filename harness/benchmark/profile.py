@@ -146,7 +146,9 @@ def summarise_trace(trace: dict, steps: int, top: int = 15) -> dict:
     ops: Dict[str, dict] = {}
     syncs: Dict[Tuple[str, str], dict] = {}
     launches = top_level_calls = 0
-    runtime_syncs = any(e['name'] in SYNC_RUNTIME_CALLS for e in host)
+    # With a device timeline, the runtime's own synchronisation calls are the syncs (an op
+    # such as .item() of a CPU tensor does not wait); without one, the operators that would.
+    runtime_syncs = bool(device)
     for node in nodes:
         event, category = node.event, node.event.get('cat')
         if event['name'] in LAUNCH_CALLS:
@@ -337,9 +339,9 @@ def render_profile_markdown(results: dict, command: str) -> str:
         '',
         f"- Step: {prof['step_ms']:.1f} ms profiled ({prof['unprofiled_step_ms']:.1f} ms "
         f"without the profiler); {prof['ops_per_step']:.0f} operator calls from Python and "
-        f"autograd and "
-        f"{prof['kernel_launches_per_step']:.0f} kernel launches per step; host time inside "
-        f"operators {prof['host_op_ms_per_step']:.1f} ms per step",
+        f"autograd and {prof['kernel_launches_per_step']:.0f} kernel launches per step; host "
+        f"time inside operators {prof['host_op_ms_per_step']:.1f} ms per step (the main and "
+        'the autograd thread together)',
         ('- Device: n/a (CPU run: no device timeline)' if idle is None else
          f"- Device: busy {prof['device_busy_ms_per_step']:.1f} ms per step, **idle "
          f"{100 * idle:.1f} %** of the steps' span"),

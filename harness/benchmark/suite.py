@@ -30,8 +30,8 @@ import traceback
 from dataclasses import asdict
 from typing import Callable, List, Optional, Sequence
 
-from .measure import (_start_context, _Worker, describe_machine, loadavg, median_ratio,
-                      stamp_finish)
+from .measure import (_device_name, _start_context, _Worker, describe_machine, loadavg,
+                      median_ratio, stamp_finish)
 from .settings import (PRECISIONS, REFERENCE, SDPA_BACKENDS, SUITE_VARIANTS, VARIANT_NOTES,
                        VARIANTS, Setting)
 
@@ -172,7 +172,8 @@ def smoke_train(setting: Setting, config: str = SMOKE_CONFIG, iters: int = 50,
             seconds=seconds, iter_ms_median=1e3 * statistics.median(iter_times[1:] or
                                                                      iter_times),
             peak_bytes=torch.cuda.max_memory_allocated() if is_cuda_available() else None,
-            device=str(runner.model.data_preprocessor.device))
+            device=str(runner.model.data_preprocessor.device),
+            device_name=_device_name(runner.model.data_preprocessor.device))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

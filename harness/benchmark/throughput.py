@@ -30,8 +30,8 @@ import time
 from dataclasses import asdict, replace
 from typing import Callable, List, Optional, Sequence
 
-from .measure import (_start_context, _Worker, describe_machine, fmt_bytes, loadavg,
-                      stamp_finish)
+from .measure import (_device_name, _start_context, _Worker, describe_machine, fmt_bytes,
+                      loadavg, stamp_finish)
 from .settings import PRECISIONS, Setting
 from .suite import SMOKE_CONFIG, run_smoke
 
@@ -202,6 +202,8 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
         results['smoke'] = run_smoke(context, setting, smoke_config, smoke_iters, threads,
                                      compile_backend)
         smoke = results['smoke']
+        if smoke.get('device_name'):
+            results['machine'].setdefault('device_name', smoke['device_name'])
         progress('  ' + ('passed' if smoke.get('passed') else 'FAILED') + ': ' + (
             smoke['error'] if 'error' in smoke else
             f"{smoke['iter_ms_median']:.0f} ms/iteration at batch {smoke['batch_size']}"))
@@ -220,6 +222,7 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
             finally:
                 spawned.stop()
             row = results['inference'][-1]
+            results['machine'].setdefault('device_name', row['device_name'])
             progress(f"  {inference_precision}: slide {row['slide_img_per_s']:.1f}, whole "
                      f"{row['whole_img_per_s']:.1f}, tta {row['tta_img_per_s']:.2f} img/s")
 
@@ -337,6 +340,7 @@ def measure_inference(setting: Setting, config: str, device: str, images: int = 
         results['tta_passes'] = len(multi['inputs'])
     for key in ('slide', 'whole', 'tta'):
         results[f'{key}_img_per_s'] = 1. / results[f'{key}_seconds']
+    results['device_name'] = _device_name(torch.device(device))
     return results
 
 
@@ -383,24 +387,31 @@ def render_throughput_markdown(results: dict, command: str) -> str:
     setting, options = results['setting'], results['options']
     machine, peak = results['machine'], results.get('peak')
     precision = options['precision']
+    stages = options.get('stages', STAGES)
+    timed = any(results[name] for name in ('sweep', 'speedups', 'peer'))
     lines = [
         f"### Throughput: {setting['description'].split(', batch')[0]}, {precision}, "
-        f"batches {'/'.join(map(str, options['batch_sizes']))} — "
-        f"{machine.get('device_name') or options['device']}",
+        + (f"batches {'/'.join(map(str, options['batch_sizes']))}"
+           if list(stages) == list(STAGES) else f"stages {', '.join(stages)}")
+        + f" — {machine.get('device_name') or options['device']}",
         '', '```', command, '```', '',
         *machine_lines(machine, options),
         f"- Run: {results['started']} → {results['finished']}, "
         f"{results.get('elapsed_seconds', 0):.0f} s"
         + (f" (budget {options['budget_s']:.0f} s)" if options.get('budget_s') else '')
-        + f"; per row {options['warmup']} warm-up step(s) (the first compiles), then "
-        f"{options['repeats']} timed calls × {options['iters']} step(s), median",
-        ('- Peak: ' + (f"{peak['dtype']} matrix product {peak['size']}², "
-                       f"**{peak['flops_per_s'] / 1e12:.1f} TFLOP/s** measured on this device "
-                       'in this run: the MFU denominator' if peak else 'not measured')),
-        '- FLOPs: `torch.utils.flop_counter` over one training step (forward and backward, '
-        'heads and losses), counted on the eager model with mmseg\'s SETR-PUP heads, so that '
-        'every implementation of the same model has the same count',
-        '']
+        + (f"; per row {options['warmup']} warm-up step(s) (the first compiles), then "
+           f"{options['repeats']} timed calls × {options['iters']} step(s), median"
+           if timed else '')]
+    if timed:
+        lines += [
+            '- Peak: ' + (f"{peak['dtype']} matrix product {peak['size']}², "
+                          f"**{peak['flops_per_s'] / 1e12:.1f} TFLOP/s** measured on this "
+                          'device in this run: the MFU denominator' if peak else
+                          'not measured'),
+            '- FLOPs: `torch.utils.flop_counter` over one training step (forward and '
+            'backward, heads and losses), counted on the eager model with mmseg\'s SETR-PUP '
+            'heads, so that every implementation of the same model has the same count']
+    lines.append('')
     sweep = [r for r in results['sweep'] if r.get('step_ms')]
     if sweep:
         lines += ['Training step, the recipe\'s speed-ups (FastSETRUPHead, compile_regions), '
