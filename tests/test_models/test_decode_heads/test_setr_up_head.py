@@ -85,6 +85,8 @@ def samples(size, batch=2):
     return out
 
 
+# mmseg builds a head's pixel sampler through its own deprecated builder, and says so.
+@pytest.mark.filterwarnings('ignore:``build_pixel_sampler`` would be deprecated:UserWarning')
 @pytest.mark.parametrize('num_convs, up_scale, label_size, sampler', [
     (4, 2, 64, None),  # SETR-PUP's decode head: logits at the labels' size
     (2, 4, 64, None),  # its auxiliary heads
