@@ -8,6 +8,7 @@ upsampling (torch accumulates it with atomics: 60 ms), the 1x1 classifier over a
 256-channel full-resolution map, and a same-size "resize" of the logits before the loss.
 :class:`FastSETRUPHead` computes the same function without them.
 """
+import functools
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -40,6 +41,15 @@ def interpolation_matrix(size_in: int, size_out: int, dtype: torch.dtype,
     return matrix.to(dtype)
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_interpolation_matrix(size_in: int, size_out: int, dtype: torch.dtype,
+                                 device: torch.device) -> torch.Tensor:
+    # Eager steps reuse the matrices (a dozen small kernels each, 14 upsamplings a step).
+    # A normal tensor even when first made under inference_mode: training uses it too.
+    with torch.inference_mode(False):
+        return interpolation_matrix(size_in, size_out, dtype, device)
+
+
 def bilinear_upsample(x: torch.Tensor, size: Tuple[int, int], align_corners: bool
                       ) -> torch.Tensor:
     """``F.interpolate(x, size, mode='bilinear', align_corners=...)`` of an NCHW map as two
@@ -59,8 +69,11 @@ def bilinear_upsample(x: torch.Tensor, size: Tuple[int, int], align_corners: boo
         return F.interpolate(x, size, mode='bilinear', align_corners=align_corners)
     dtype = torch.get_autocast_dtype(x.device.type) \
         if torch.is_autocast_enabled(x.device.type) else x.dtype
-    rows = interpolation_matrix(height, size[0], dtype, x.device)
-    cols = interpolation_matrix(width, size[1], dtype, x.device)
+    # A compiled graph folds the matrices in; dynamo would only trace through the cache.
+    matrix = interpolation_matrix if torch.compiler.is_compiling() else \
+        _cached_interpolation_matrix
+    rows = matrix(height, size[0], dtype, x.device)
+    cols = matrix(width, size[1], dtype, x.device)
     return rows @ (x @ cols.t())
 
 

@@ -29,6 +29,16 @@ def test_bilinear_upsample_is_torch_interpolation_forward_and_backward(shape, fa
                                torch.autograd.grad(torchs, x, grad)[0], rtol=0, atol=1e-12)
 
 
+def test_bilinear_upsample_trains_after_inference_reused_its_matrices():
+    x = torch.randn(1, 2, 5, 5)
+    with torch.inference_mode():
+        bilinear_upsample(x, (10, 10), False)
+    trained = x.clone().requires_grad_()
+    bilinear_upsample(trained, (10, 10), False).sum().backward()
+    # Each input contributes to four outputs per axis pair with weights summing to 4.
+    torch.testing.assert_close(trained.grad, torch.full_like(x, 4.))
+
+
 def test_bilinear_upsample_under_autocast_computes_in_the_autocast_dtype():
     x = torch.randn(2, 4, 8, 8)
     with torch.autocast('cpu', dtype=torch.bfloat16):
