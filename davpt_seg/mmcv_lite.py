@@ -41,7 +41,7 @@ def _missing_op(name: str):
         raise MissingCompiledOpsError(
             f'mmcv op {name!r} needs mmcv\'s compiled ops, and this environment has '
             f'mmcv-lite (davpt-seg\'s default set-up, which compiles nothing). Build them '
-            f'with: {BUILD_COMMAND}  (tools/misc/setup_env.sh; about 15-30 min on 2 cores, '
+            f'with: {BUILD_COMMAND}  (tools/misc/setup_env.sh; about 12-35 min on 2 cores, '
             f'the wheel is cached afterwards)')
     missing.__name__ = missing.__qualname__ = name
     return missing

@@ -5,7 +5,7 @@
 # Environment switches:
 #   VENV=path            where the environment lives (default: .venv in the repo root)
 #   MMCV_OPS=lite|compiled  mmcv-lite (default; nothing compiles) or mmcv with its compiled
-#                        ops (15-30 min once per machine, then cached); unset keeps what the
+#                        ops (12-35 min once per machine, then cached); unset keeps what the
 #                        environment has. tools/misc/setup_mmcv.sh has this switch's
 #                        companions (MMCV_WITH_CUDA, MMCV_WHEEL, DAVPT_CACHE, MAX_JOBS).
 #   TORCH_SPEC="..."     the torch/torchvision pins (default: the pair that lets timm import

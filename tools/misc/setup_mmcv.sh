@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs mmcv 2.1.0 into the environment of PYTHON_BIN, as mmcv-lite (no compiled ops, the
-# default: seconds) or compiled (its ops built from source: 15-30 min on 2 cores, once per
+# default: seconds) or compiled (its ops built from source: 12-35 min on 2 cores, once per
 # machine; the wheel is cached), and switches an environment from one to the other.
 # tools/misc/setup_env.sh calls it; it can run alone:
 #
@@ -69,7 +69,7 @@ want=${MMCV_OPS:-}
 case "$want" in
   "") want=$([ "$installed" = compiled ] && echo compiled || echo lite) ;;
   lite|compiled) ;;
-  *) fail "MMCV_OPS=$want: use lite (mmcv-lite, no compiled ops: the default) or compiled (builds mmcv's ops, 15-30 min)" ;;
+  *) fail "MMCV_OPS=$want: use lite (mmcv-lite, no compiled ops: the default) or compiled (builds mmcv's ops, 12-35 min)" ;;
 esac
 
 if [ "$want" = lite ]; then
@@ -97,7 +97,7 @@ else
       wheel=$(ls "$wheel_dir"/mmcv-*.whl 2>/dev/null | head -n 1 || true)
     fi
     if [ -z "$wheel" ]; then
-      log "building mmcv $mmcv_version with compiled ops (cuda=$with_cuda); 15-30 min on 2 cores, cached in $wheel_dir"
+      log "building mmcv $mmcv_version with compiled ops (cuda=$with_cuda); 12-35 min on 2 cores, cached in $wheel_dir"
       "${pip[@]}" install -q "$setuptools_pin" wheel
       build_dir=$(mktemp -d)
       trap 'rm -rf "$build_dir"' EXIT
