@@ -367,6 +367,17 @@ def _volunteer_for_oom_killer():
         pass
 
 
+def answer_once(conn, compute: Callable[[], object]) -> None:
+    """The body of a worker that answers one request: ``compute()``'s result, or its
+    traceback, which the parent re-raises with the worker's name (``_Worker.reply``)."""
+    try:
+        conn.send(('ok', compute()))
+    except Exception:
+        conn.send(('error', traceback.format_exc()))
+    finally:
+        conn.close()
+
+
 def _worker(conn, setting_dict: dict, variant: str, options: dict):
     """Serves one variant: commands from the parent, one reply each."""
     memory = HostMemory()

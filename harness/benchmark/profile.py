@@ -210,8 +210,7 @@ def profile_variant(setting, variant: str, options: dict, precision: str = 'bf16
                     top: int = 15) -> dict:
     """Profiles ``steps`` training steps of ``variant`` in this process (a worker's)."""
     from .measure import VariantBench
-    bench = VariantBench(setting, variant, dict(options, with_cp=options.get('with_cp',
-                                                                             False)))
+    bench = VariantBench(setting, variant, options)
     bench.set_phase('train')
     bench.set_mode(precision, compile=bench.compiled)
     summary = profile_bench(bench, steps, warmup, trace_path, top)
@@ -258,18 +257,16 @@ def profile_bench(bench, steps: int = 3, warmup: int = 2, trace_path: Optional[s
 
 
 def _profile_worker(conn, setting_dict: dict, variant: str, options: dict):
-    import traceback
-    try:
+    from .measure import answer_once
+
+    def profile_it():
         import torch
 
         from .settings import Setting
         torch.set_num_threads(options['threads'])
         kwargs = {k: options[k] for k in ('precision', 'steps', 'warmup', 'trace_path', 'top')}
-        conn.send(('ok', profile_variant(Setting(**setting_dict), variant, options, **kwargs)))
-    except Exception:
-        conn.send(('error', traceback.format_exc()))
-    finally:
-        conn.close()
+        return profile_variant(Setting(**setting_dict), variant, options, **kwargs)
+    answer_once(conn, profile_it)
 
 
 def run_profile(setting, variant: str = 'da-vpt', device: str = 'cpu', precision: str = 'bf16',

@@ -26,12 +26,11 @@ import shutil
 import statistics
 import tempfile
 import time
-import traceback
 from dataclasses import asdict
 from typing import Callable, List, Optional, Sequence
 
-from .measure import (_device_name, _start_context, _Worker, describe_machine, loadavg,
-                      median_ratio, stamp_finish)
+from .measure import (_device_name, _start_context, _Worker, answer_once, describe_machine,
+                      loadavg, median_ratio, stamp_finish)
 from .settings import (PRECISIONS, REFERENCE, SDPA_BACKENDS, SUITE_VARIANTS, VARIANT_NOTES,
                        VARIANTS, Setting)
 
@@ -179,14 +178,11 @@ def smoke_train(setting: Setting, config: str = SMOKE_CONFIG, iters: int = 50,
 
 
 def _smoke_worker(conn, setting_dict: dict, _name: str, options: dict):
-    try:
+    def train():
         import warnings
         warnings.filterwarnings('ignore', category=UserWarning, module='mmseg')
-        conn.send(('ok', smoke_train(Setting(**setting_dict), **options)))
-    except Exception:
-        conn.send(('error', traceback.format_exc()))
-    finally:
-        conn.close()
+        return smoke_train(Setting(**setting_dict), **options)
+    answer_once(conn, train)
 
 
 def run_smoke(context, setting: Setting, config: str, iters: int, threads: int,

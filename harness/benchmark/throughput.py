@@ -30,10 +30,10 @@ import time
 from dataclasses import asdict, replace
 from typing import Callable, List, Optional, Sequence
 
-from .measure import (_device_name, _start_context, _Worker, describe_machine, fmt_bytes,
-                      loadavg, stamp_finish)
+from .measure import (_device_name, _start_context, _Worker, answer_once, describe_machine,
+                      fmt_bytes, loadavg, stamp_finish)
 from .settings import PRECISIONS, Setting
-from .suite import SMOKE_CONFIG, run_smoke
+from .suite import SMOKE_CONFIG, _first_line, run_smoke
 
 # The one-GPU recipe's training config (configs/one_gpu/): the smoke stage trains it.
 RECIPE_CONFIG = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
@@ -53,10 +53,11 @@ def _median_ms(seconds: Sequence[float]) -> float:
 
 
 def _timed_row(worker: _Worker, warmup: int, repeats: int, iters: int) -> dict:
-    """Warm-up (whose first step's loss is the row's loss: the same weights and batch in
-    every worker), peak memory over one step, then the timed calls."""
+    """The step's counted FLOPs, warm-up (whose first step's loss is the row's loss: the
+    same weights and batch in every worker), peak memory over one step, the timed calls."""
+    row = dict(flops=worker.ask('flops'))
     worker.ask('timed', 1)
-    row = dict(first_loss=worker.ask('last_loss'))
+    row['first_loss'] = worker.ask('last_loss')
     for _ in range(warmup - 1):
         worker.ask('timed', 1)
     row['peak_bytes'] = worker.ask('peak_step')
@@ -126,8 +127,8 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
         try:
             fn()
         except (RuntimeError, OSError) as error:
-            results.setdefault('errors', []).append(dict(stage=name, error=_last_line(error)))
-            progress(f'{name}: failed: {_last_line(error)}')
+            results.setdefault('errors', []).append(dict(stage=name, error=_first_line(error)))
+            progress(f'{name}: failed: {_first_line(error)}')
         results['stage_seconds'][name] = time.monotonic() - began
         update()
 
@@ -159,8 +160,7 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
                         continue
                     live.ask('batch_size', batch)
                     row = dict(variant=variant, batch_size=batch,
-                               flops=live.ask('flops'))
-                    row.update(_timed_row(live, warmup, repeats, iters))
+                               **_timed_row(live, warmup, repeats, iters))
                     results['sweep'].append(row)
                     progress(f'  {variant} b{batch}: {_median_ms(row["step_seconds"]):.1f} '
                              f'ms/step, peak {fmt_bytes(row["peak_bytes"])}')
@@ -177,8 +177,7 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
             live = worker('da-vpt', largest, **options)
             try:
                 row = dict(name=name, variant='da-vpt', batch_size=largest, **options,
-                           flops=live.ask('flops'))
-                row.update(_timed_row(live, warmup, repeats, iters))
+                           **_timed_row(live, warmup, repeats, iters))
             finally:
                 live.stop()
             results['speedups'].append(row)
@@ -187,16 +186,14 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
             update()
 
     def peer():
-        for batch in (largest, ):
-            live = worker(PEER, batch)
-            try:
-                row = dict(variant=PEER, batch_size=batch, flops=live.ask('flops'))
-                row.update(_timed_row(live, warmup, repeats, iters))
-            finally:
-                live.stop()
-            results['peer'].append(row)
-            progress(f'  {PEER} b{batch}: {_median_ms(row["step_seconds"]):.1f} ms/step')
-            update()
+        live = worker(PEER, largest)
+        try:
+            row = dict(variant=PEER, batch_size=largest,
+                       **_timed_row(live, warmup, repeats, iters))
+        finally:
+            live.stop()
+        results['peer'].append(row)
+        progress(f'  {PEER} b{largest}: {_median_ms(row["step_seconds"]):.1f} ms/step')
 
     def smoke():
         results['smoke'] = run_smoke(context, setting, smoke_config, smoke_iters, threads,
@@ -208,9 +205,6 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
             smoke['error'] if 'error' in smoke else
             f"{smoke['iter_ms_median']:.0f} ms/iteration at batch {smoke['batch_size']}"))
 
-    stage('sweep', sweep)
-    stage('speed-ups', speedups)
-    stage('peer', peer)
     def inference():
         for inference_precision in ['tf32'] + (['bf16'] if precision == 'bf16' else []):
             spawned = _Worker(context, setting, 'inference', dict(
@@ -226,16 +220,14 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
             progress(f"  {inference_precision}: slide {row['slide_img_per_s']:.1f}, whole "
                      f"{row['whole_img_per_s']:.1f}, tta {row['tta_img_per_s']:.2f} img/s")
 
+    stage('sweep', sweep)
+    stage('speed-ups', speedups)
+    stage('peer', peer)
     stage('inference', inference)
     if smoke_iters:
         stage('smoke', smoke)
     update()
     return results
-
-
-def _last_line(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 def summarise_throughput(results: dict) -> None:
@@ -345,18 +337,14 @@ def measure_inference(setting: Setting, config: str, device: str, images: int = 
 
 
 def _inference_worker(conn, setting_dict: dict, _name: str, options: dict):
-    import traceback
-    try:
+    def measure():
         import warnings
 
         import torch
         warnings.filterwarnings('ignore', category=UserWarning, module='mmseg')
         torch.set_num_threads(options.pop('threads'))
-        conn.send(('ok', measure_inference(Setting(**setting_dict), **options)))
-    except Exception:
-        conn.send(('error', traceback.format_exc()))
-    finally:
-        conn.close()
+        return measure_inference(Setting(**setting_dict), **options)
+    answer_once(conn, measure)
 
 
 # ------------------------------------------------------------------------------- report
