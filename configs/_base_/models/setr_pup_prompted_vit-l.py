@@ -1,7 +1,8 @@
 # The DA-VPT model shared by every SETR-PUP config of ours: a frozen ViT-L/16 with deep
 # prompts (PromptedViT) under SETR-PUP's decode head and three auxiliary heads, as
 # FastSETRUPHead: mmseg's SETRUPHead (same arguments, parameters and function) computed in
-# fewer full-resolution passes (davpt_seg/models/decode_heads/setr_up_head.py).
+# fewer full-resolution passes (davpt_seg/models/decode_heads/setr_up_head.py), and
+# FastSegDataPreProcessor for mmseg's SegDataPreProcessor.
 # Dataset configs set the class count, crop and inference mode; the tuning-mode variants
 # (VPT-Deep, DA-VPT+) change one or two fields. Nothing dataset-specific lives here.
 _base_ = ['mmseg::_base_/models/setr_pup.py']
@@ -28,6 +29,9 @@ aux_head = dict(
 
 model = dict(
     type='DAVPTEncoderDecoder',
+    # mmseg's SegDataPreProcessor (same arguments, same output to the bit) with the batch
+    # copied to the device in two asynchronous copies (davpt_seg/models/data_preprocessor.py).
+    data_preprocessor=dict(type='FastSegDataPreProcessor'),
     # PromptedViT loads its own weights (init_cfg); EncoderDecoder's `pretrained` would be
     # forwarded to the backbone as an unknown argument.
     pretrained=None,
