@@ -10,3 +10,6 @@ train_dataloader = dict(batch_size=16, num_workers=8, persistent_workers=True,
 optim_wrapper = dict(type='AmpOptimWrapper', dtype='bfloat16', loss_scale=dict(enabled=False))
 # torch.compile of the transformer blocks and the heads; the first iterations compile.
 model = dict(compile_regions=True)
+# The losses reach mmengine's log without the host waiting for every step: the logs, and the
+# message hub in checkpoints, are what RuntimeInfoHook gives (docs/training.md, "One GPU").
+default_hooks = dict(runtime_info=dict(type='AsyncRuntimeInfoHook'))

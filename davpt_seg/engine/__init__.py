@@ -1,3 +1,3 @@
-from .hooks import ClassPromptMappingHook
+from .hooks import AsyncRuntimeInfoHook, ClassPromptMappingHook
 
-__all__ = ['ClassPromptMappingHook']
+__all__ = ['AsyncRuntimeInfoHook', 'ClassPromptMappingHook']

@@ -40,5 +40,10 @@ def test_recipe_is_its_8x2_config_on_one_gpu(recipe, base):
     assert model == theirs.to_dict()['model']
     assert model['decode_head']['type'] == 'FastSETRUPHead'
     assert model['decode_head']['norm_cfg']['type'] == 'SyncBN'
+    assert model['data_preprocessor']['type'] == 'FastSegDataPreProcessor'
     assert ours.custom_hooks == theirs.custom_hooks
+    # The default hooks too, but for the log values that do not make the host wait.
+    hooks = ours.to_dict()['default_hooks']
+    assert hooks.pop('runtime_info') == dict(type='AsyncRuntimeInfoHook')
+    assert hooks == theirs.to_dict()['default_hooks']
     assert ours.test_pipeline == theirs.test_pipeline
