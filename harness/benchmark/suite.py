@@ -60,13 +60,16 @@ def _rotated(items: list, shift: int) -> list:
 
 # --------------------------------------------------------------------------- smoke run
 def smoke_cfg(config: str, setting: Setting, data_root: str, work_dir: str, iters: int,
-              compile_backend: str = 'inductor'):
+              compile_backend: str = 'inductor', cfg_options: Optional[dict] = None):
     """``config`` trained for ``iters`` iterations on ``data_root``: no pretrained trunk
     file (random weights), no validation, no checkpoint (1.3 GB for ViT-L). Settings other
     than ``vit-l-512`` shrink the trunk, heads, crop and data loader to theirs (the test
-    sizes). A config with ``compile_regions`` compiles with ``compile_backend``."""
+    sizes). A config with ``compile_regions`` compiles with ``compile_backend``.
+    ``cfg_options`` change the config first, as ``tools/train.py --cfg-options`` does."""
     from mmengine.config import Config
     cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
     if cfg.model.get('compile_regions'):
         cfg.model.compile_regions = dict(backend=compile_backend)
     cfg.work_dir = work_dir
@@ -110,7 +113,8 @@ def _shrink(cfg, setting: Setting):
 
 
 def smoke_train(setting: Setting, config: str = SMOKE_CONFIG, iters: int = 50,
-                threads: int = 1, compile_backend: str = 'inductor') -> dict:
+                threads: int = 1, compile_backend: str = 'inductor',
+                cfg_options: Optional[dict] = None) -> dict:
     """Trains ``config`` (see :func:`smoke_cfg`) as ``tools/train.py --amp`` would (bf16
     where the GPU has it, TF32; fp32 on the CPU, where mmengine's AmpOptimWrapper cannot
     run) on a synthetic ADE20K-layout dataset, and reports whether every iteration's losses
@@ -123,12 +127,14 @@ def smoke_train(setting: Setting, config: str = SMOKE_CONFIG, iters: int = 50,
                                   has_accelerator)
 
     from ..synthetic import MAX_CLASSES, make_ade_like_dataset
+    from .runner_phases import PeakMemoryHook, RunnerPhaseHook
     torch.set_num_threads(threads)
     root = tempfile.mkdtemp(prefix='davpt-smoke-')
     try:
         # ADE20K's images are about the crop's size; the pipeline resizes them 0.5-2x.
         image_size = setting.img_size
-        cfg = smoke_cfg(config, setting, '', osp.join(root, 'work'), iters, compile_backend)
+        cfg = smoke_cfg(config, setting, '', osp.join(root, 'work'), iters, compile_backend,
+                        cfg_options)
         images = max(SMOKE_IMAGES, 2 * cfg.train_dataloader.batch_size)
         cfg.train_dataloader.dataset.data_root = make_ade_like_dataset(
             osp.join(root, 'data'), num_train=images, size=image_size,
@@ -145,6 +151,9 @@ def smoke_train(setting: Setting, config: str = SMOKE_CONFIG, iters: int = 50,
         tf32 = configure_tf32(True, is_cuda_available())
         notes += [tf32] if tf32 else []
         runner = Runner.from_cfg(cfg)
+        phases, peak = RunnerPhaseHook(), PeakMemoryHook()
+        runner.register_hook(phases)
+        runner.register_hook(peak)
         if is_cuda_available():
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -168,10 +177,12 @@ def smoke_train(setting: Setting, config: str = SMOKE_CONFIG, iters: int = 50,
             loss_last=total[-1], loss_max=max(total), loss_names=sorted(losses),
             losses_finite=losses_finite, weights_finite=weights_finite,
             passed=losses_finite and weights_finite and len(total) == iters,
-            seconds=seconds, iter_ms_median=1e3 * statistics.median(iter_times[1:] or
-                                                                     iter_times),
-            peak_bytes=torch.cuda.max_memory_allocated() if is_cuda_available() else None,
+            # The second half: the first iterations compile.
+            seconds=seconds, iter_ms_median=1e3 * statistics.median(
+                iter_times[len(iter_times) // 2:]),
+            peak_bytes=peak.peak_bytes if is_cuda_available() else None,
             device=str(runner.model.data_preprocessor.device),
+            runner_phases=phases.summary(skip=iters // 2),
             device_name=_device_name(runner.model.data_preprocessor.device))
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -186,10 +197,11 @@ def _smoke_worker(conn, setting_dict: dict, _name: str, options: dict):
 
 
 def run_smoke(context, setting: Setting, config: str, iters: int, threads: int,
-              compile_backend: str = 'inductor') -> dict:
+              compile_backend: str = 'inductor', cfg_options: Optional[dict] = None) -> dict:
     """:func:`smoke_train` in a fresh process (its own GPU memory and logger)."""
     worker = _Worker(context, setting, 'smoke training', dict(
-        config=config, iters=iters, threads=threads, compile_backend=compile_backend),
+        config=config, iters=iters, threads=threads, compile_backend=compile_backend,
+        cfg_options=cfg_options),
                      target=_smoke_worker, daemon=False)  # its data loader forks workers
     try:
         return worker.reply()

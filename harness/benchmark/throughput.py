@@ -11,20 +11,22 @@ each skipped, and listed, once the time budget is spent:
    speed-ups (``FastSETRUPHead``, ``compile_regions``): step time, images/s, FLOPs of one
    step (``torch.utils.flop_counter``, forward and backward, heads and losses included),
    TFLOP/s, MFU, peak memory.
-2. **speed-ups**: DA-VPT at the largest batch, from the stock step (mmseg's SETR-PUP head,
+2. **inference**: images/s of ``tools/test.py``'s inference of the 8x2 ADE20K config: single
+   scale (its ``slide`` windows, and ``whole``) and multi-scale + flip (``--tta``).
+3. **smoke**: the recipe config trained for a few dozen iterations by mmengine's runner on
+   synthetic images (data loading, hooks and logging included): the images/s a user sees,
+   and where the runner's iteration goes (``runner_phases.RunnerPhaseHook``).
+4. **peer**: mmseg's stock ViT with mmseg's head, fully fine-tuned (what a user of mmseg
+   would otherwise train), at the same batch and precision.
+5. **speed-ups**: DA-VPT at the largest batch, from the stock step (mmseg's SETR-PUP head,
    eager) through each speed-up in turn, with each step's loss on the same weights and
    batch: a speed-up that changes the loss beyond the precision's rounding is a bug.
-3. **peer**: mmseg's stock ViT with mmseg's head, fully fine-tuned (what a user of mmseg
-   would otherwise train), at the same batch and precision.
-4. **inference**: images/s of ``tools/test.py``'s inference of the 8x2 ADE20K config: single
-   scale (its ``slide`` windows, and ``whole``) and multi-scale + flip (``--tta``).
-5. **smoke**: the recipe config trained for a few dozen iterations by mmengine's runner on
-   synthetic images (data loading, hooks and logging included): the images/s a user sees.
 
 Timing: after ``warmup`` steps (the first compile), ``repeats`` timed calls of ``iters``
 steps each; medians.
 """
 import os.path as osp
+import re
 import statistics
 import time
 from dataclasses import asdict, replace
@@ -45,7 +47,7 @@ SPEEDUPS = (
     ('+ compile_regions (the recipe)', dict(head='fast', compile=True)),
 )
 PEER = 'mmseg-full'
-STAGES = ('sweep', 'speed-ups', 'peer', 'inference', 'smoke')
+STAGES = ('sweep', 'inference', 'smoke', 'peer', 'speed-ups')
 
 
 def _median_ms(seconds: Sequence[float]) -> float:
@@ -71,7 +73,8 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
                    variants: Sequence[str] = ('vpt-deep', 'da-vpt'),
                    compile_backend: str = 'inductor', repeats: int = 3, iters: int = 2,
                    warmup: int = 3, threads: int = 1, smoke_iters: int = 40,
-                   smoke_config: str = RECIPE_CONFIG, inference_config: str = SMOKE_CONFIG,
+                   smoke_config: str = RECIPE_CONFIG, smoke_cfg_options: Optional[dict] = None,
+                   inference_config: str = SMOKE_CONFIG,
                    inference_images: int = 3, stages: Sequence[str] = STAGES,
                    budget_s: Optional[float] = None,
                    start_method: str = 'auto', progress: Callable[[str], None] = print,
@@ -98,7 +101,8 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
         kind='throughput', setting=asdict(setting),
         options=dict(base, precision=precision, batch_sizes=batch_sizes,
                      variants=list(variants), repeats=repeats, iters=iters, warmup=warmup,
-                     smoke_iters=smoke_iters, budget_s=budget_s, start_method=method,
+                     smoke_iters=smoke_iters, smoke_cfg_options=dict(smoke_cfg_options or {}),
+                     budget_s=budget_s, start_method=method,
                      stages=[name for name in STAGES if name in stages]),
         machine=describe_machine(device, threads), peak=None, sweep=[], speedups=[],
         peer=[], inference=[], smoke=None, skipped=[], stage_seconds={},
@@ -197,7 +201,7 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
 
     def smoke():
         results['smoke'] = run_smoke(context, setting, smoke_config, smoke_iters, threads,
-                                     compile_backend)
+                                     compile_backend, smoke_cfg_options)
         smoke = results['smoke']
         if smoke.get('device_name'):
             results['machine'].setdefault('device_name', smoke['device_name'])
@@ -220,12 +224,13 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
             progress(f"  {inference_precision}: slide {row['slide_img_per_s']:.1f}, whole "
                      f"{row['whole_img_per_s']:.1f}, tta {row['tta_img_per_s']:.2f} img/s")
 
-    stage('sweep', sweep)
-    stage('speed-ups', speedups)
-    stage('peer', peer)
-    stage('inference', inference)
-    if smoke_iters:
-        stage('smoke', smoke)
+    # The issue's items first (sweep, inference), then the runner's figure, then the rest:
+    # under a time budget the last stages are the ones skipped.
+    run = dict(sweep=sweep, inference=inference, smoke=smoke if smoke_iters else None,
+               peer=peer, **{'speed-ups': speedups})
+    for name in STAGES:
+        if run[name] is not None:
+            stage(name, run[name])
     update()
     return results
 
@@ -359,7 +364,13 @@ def throughput_section_key(results: dict) -> str:
     options = results['options']
     key = f"throughput-{results['setting']['name']}-{options['device'].split(':')[0]}"
     stages = options.get('stages', STAGES)
-    return key if list(stages) == list(STAGES) else key + '-' + '-'.join(stages)
+    key = key if list(stages) == list(STAGES) else key + '-' + '-'.join(stages)
+    # A training run of a changed recipe (e.g. a speed-up turned off) keeps its own section.
+    changes = options.get('smoke_cfg_options')
+    if changes and 'smoke' in stages:
+        key += '-' + '-'.join(re.sub(r'[^a-z0-9.]+', '_', f'{name}={value}'.lower())
+                              for name, value in sorted(changes.items()))
+    return key
 
 
 def _pct(value: Optional[float]) -> str:
@@ -449,7 +460,10 @@ def render_throughput_markdown(results: dict, command: str) -> str:
     smoke = results.get('smoke')
     if smoke:
         lines.append(
-            f"- Training run of `{smoke.get('config')}` by mmengine's runner "
+            f"- Training run of `{smoke.get('config')}`" + ''.join(
+                f", `{name}={value}`" for name, value in
+                sorted(results['options'].get('smoke_cfg_options', {}).items())) +
+            " by mmengine's runner "
             f"({smoke.get('iters')} iterations, synthetic images, data loading and hooks "
             'included): ' + (f"FAILED: {smoke['error']}" if 'error' in smoke else
                             f"{smoke['iter_ms_median']:.0f} ms per iteration of "
@@ -457,12 +471,31 @@ def render_throughput_markdown(results: dict, command: str) -> str:
                             f"{1e3 * smoke['batch_size'] / smoke['iter_ms_median']:.1f} img/s**; "
                             f"loss {smoke['loss_first']:.3f} → {smoke['loss_last']:.3f}, finite: "
                             f"{smoke['losses_finite'] and smoke['weights_finite']}"))
+        lines += _runner_phase_lines(smoke.get('runner_phases'))
     for skipped in results['skipped']:
         lines.append(f"- skipped: {skipped['stage']} ({skipped['reason']})")
     for error in results.get('errors', []):
         lines.append(f"- failed: {error['stage']}: {error['error']}")
     lines += _targets(results)
     return '\n'.join(lines) + '\n'
+
+
+def _runner_phase_lines(phases: Optional[dict]) -> List[str]:
+    """Where the runner's iteration went (runner_phases.RunnerPhaseHook), as a sub-list."""
+    from .runner_phases import PHASE_NOTES  # imports mmengine: only where it is rendered
+    if not phases:
+        return []
+    lines = [f"  - where an iteration went (host time, medians of the last "
+             f"{phases['iterations']} iterations; period {phases['period_ms']:.1f} ms):"]
+    lines += [f"    - {phase}: {ms:.1f} ms" + (f" ({PHASE_NOTES[phase]})" if phase in PHASE_NOTES
+                                                else '')
+              for phase, ms in phases['phases_ms'].items()]
+    if 'device_span_ms' in phases:
+        lines.append(f"    - the device: {phases['device_span_ms']:.1f} ms from reaching the "
+                     f"preprocessor's work to the optimizer's last kernel (waits inside "
+                     f"included), every {phases['device_period_ms']:.1f} ms; idle between "
+                     f"steps {phases['device_idle_ms']:.1f} ms per iteration")
+    return lines
 
 
 def _targets(results: dict) -> List[str]:

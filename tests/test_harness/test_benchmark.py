@@ -6,6 +6,7 @@ import runpy
 import pytest
 
 import harness.benchmark as bm
+from harness.benchmark.runner_phases import PHASES
 from tests.helpers import ROOT
 
 TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark.py')
@@ -187,6 +188,14 @@ def test_suite_smoke_trains_the_real_ade20k_config(suite):
     # The DA-VPT config's metric losses trained too, and stayed finite.
     assert {'loss', 'loss_prompt_token', 'loss_prompt_cls'} <= set(smoke['loss_names'])
     assert smoke['losses_finite'] and smoke['weights_finite']
+    # Where the runner's iteration went: every phase timed, the step's own work the most of
+    # it on the CPU (no device here, so no device times).
+    phases = smoke['runner_phases']
+    assert phases['iterations'] == 1 and set(phases['phases_ms']) == set(PHASES)
+    assert all(ms >= 0 for phase, ms in phases['phases_ms'].items() if phase != 'other')
+    step = phases['phases_ms']['forward'] + phases['phases_ms']['backward + step']
+    assert 0.5 * phases['period_ms'] < step < phases['period_ms']
+    assert 'device_span_ms' not in phases
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import pytest
 
 import harness.benchmark as bm
 from harness.benchmark.profile import STEP_LABEL, summarise_trace
+from harness.benchmark.throughput import _runner_phase_lines
 from tests.helpers import ROOT
 
 TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark.py')
@@ -73,14 +74,14 @@ def test_inference_single_scale_and_multi_scale(throughput):
     for mode in ('slide', 'whole', 'tta'):
         assert inference[f'{mode}_img_per_s'] > 0
     assert results['smoke'] is None and results['options']['stages'] == [
-        'sweep', 'speed-ups', 'peer', 'inference']
+        'sweep', 'inference', 'peer', 'speed-ups']
 
 
 @pytest.mark.slow
 def test_throughput_section_has_the_command_tables_and_verdicts(throughput):
     results, doc, _, argv = throughput
     text = open(doc).read()
-    assert '<!-- BEGIN GENERATED: benchmark:throughput-tiny-cpu-sweep-speed-ups-peer-inference' \
+    assert '<!-- BEGIN GENERATED: benchmark:throughput-tiny-cpu-sweep-inference-peer-speed-ups' \
         ' -->' in text
     assert 'python tools/analysis_tools/benchmark.py ' + ' '.join(argv) in text
     for heading in ('| variant | batch | step ms | img/s | TFLOP / step | TFLOP/s | MFU |',
@@ -160,3 +161,21 @@ def test_profile_of_the_stock_and_the_recipe_step(tmp_path):
         assert f'<!-- BEGIN GENERATED: benchmark:{key} -->' in text
     assert 'Top operators by host time' in text and 'Host-device syncs' in text
     assert "the recipe's speed-ups" in text and "stock (mmseg's SETR-PUP head" in text
+
+
+def test_a_changed_recipe_gets_its_own_section_and_says_what_changed():
+    options = dict(device='cuda', stages=['smoke'],
+                   smoke_cfg_options={'model.data_preprocessor.type': 'SegDataPreProcessor'})
+    results = dict(setting=dict(name='vit-l-512'), options=options)
+    assert bm.throughput_section_key(results) == \
+        'throughput-vit-l-512-cuda-smoke-model.data_preprocessor.type_segdatapreprocessor'
+    assert bm.throughput_section_key(dict(results, options=dict(options, smoke_cfg_options={}))) \
+        == 'throughput-vit-l-512-cuda-smoke'
+    phases = dict(iterations=20, period_ms=146.1, device_span_ms=142.7, device_period_ms=142.7,
+                  device_idle_ms=0.0, phases_ms={'preprocess': 57.6, 'forward': 43.7})
+    lines = _runner_phase_lines(phases)
+    assert 'last 20 iterations; period 146.1 ms' in lines[0]
+    assert '    - preprocess: 57.6 ms (the data preprocessor: copies to the device, ' \
+        'normalisation, padding)' in lines
+    assert 'every 142.7 ms; idle between steps 0.0 ms' in lines[-1]
+    assert _runner_phase_lines(None) == []

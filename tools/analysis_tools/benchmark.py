@@ -31,6 +31,8 @@ quiet_third_party_warnings()
 
 
 def parse_args(argv=None):
+    from mmengine.config import DictAction
+
     import harness.benchmark as bm
     parser = argparse.ArgumentParser(description='benchmark the PEFT variants')
     parser.add_argument('--setting', default='cpu',
@@ -112,6 +114,11 @@ def parse_args(argv=None):
     parser.add_argument('--stages', nargs='+', choices=bm.THROUGHPUT_STAGES,
                         default=list(bm.THROUGHPUT_STAGES),
                         help='with --throughput: the stages to run (default: all)')
+    parser.add_argument('--smoke-cfg-options', nargs='+', action=DictAction, default={},
+                        help="with --throughput: change the recipe of the training run "
+                        "(stage smoke) as tools/train.py's --cfg-options does, e.g. "
+                        "model.data_preprocessor.type=SegDataPreProcessor; the run gets a "
+                        'section of its own')
     parser.add_argument('--out', help='markdown file whose section for this run is replaced')
     parser.add_argument('--json', help='also write the raw results here')
     return parser.parse_args(argv)
@@ -159,7 +166,8 @@ def main(argv=None):
             batch_sizes=args.batch_sizes, variants=args.variants or ('vpt-deep', 'da-vpt'),
             compile_backend=args.compile_backend, repeats=args.repeats, iters=args.iters,
             warmup=args.warmup, threads=threads, smoke_iters=args.smoke_iters,
-            stages=args.stages, budget_s=args.budget_s, start_method=args.start_method,
+            smoke_cfg_options=args.smoke_cfg_options, stages=args.stages,
+            budget_s=args.budget_s, start_method=args.start_method,
             progress=lambda line: print(line, flush=True), on_update=report_throughput),
             quiet=False)
     if args.suite:

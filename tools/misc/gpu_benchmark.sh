@@ -5,9 +5,10 @@
 #   1. --profile: where one DA-VPT training step's time goes (top operators by device and
 #      host time, device idle fraction, host-device syncs), trace beside it;
 #   2. --throughput: counted FLOPs and MFU against this GPU's measured bf16 matmul peak,
-#      the batch sweep 2/8/16 of VPT-Deep and DA-VPT, the speed-ups one by one (with their
-#      losses), the stock mmseg peer, inference (slide, whole, --tta) and a real training
-#      run of configs/one_gpu/setr_pup_davpt_ade20k_1xb16.py.
+#      the batch sweep 2/8/16 of VPT-Deep and DA-VPT, inference (slide, whole, --tta), a
+#      real training run of configs/one_gpu/setr_pup_davpt_ade20k_1xb16.py by mmengine's
+#      runner (with where its iteration goes), then, while the budget lasts, the stock mmseg
+#      peer and the speed-ups one by one (with their losses).
 #
 #   bash tools/misc/gpu_benchmark.sh [OUT_DIR]        # default OUT_DIR: work_dirs/gpu_benchmark
 #
