@@ -224,8 +224,8 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
             progress(f"  {inference_precision}: slide {row['slide_img_per_s']:.1f}, whole "
                      f"{row['whole_img_per_s']:.1f}, tta {row['tta_img_per_s']:.2f} img/s")
 
-    # The issue's items first (sweep, inference), then the runner's figure, then the rest:
-    # under a time budget the last stages are the ones skipped.
+    # The sweep and inference first, then the runner's figure, then the peer and the
+    # speed-ups (recorded once, rarely changed): a time budget skips the last ones.
     run = dict(sweep=sweep, inference=inference, smoke=smoke if smoke_iters else None,
                peer=peer, **{'speed-ups': speedups})
     for name in STAGES:
@@ -487,8 +487,7 @@ def _runner_phase_lines(phases: Optional[dict]) -> List[str]:
         return []
     lines = [f"  - where an iteration went (host time, medians of the last "
              f"{phases['iterations']} iterations; period {phases['period_ms']:.1f} ms):"]
-    lines += [f"    - {phase}: {ms:.1f} ms" + (f" ({PHASE_NOTES[phase]})" if phase in PHASE_NOTES
-                                                else '')
+    lines += [f"    - {phase}: {ms:.1f} ms ({PHASE_NOTES[phase]})"
               for phase, ms in phases['phases_ms'].items()]
     if 'device_span_ms' in phases:
         lines.append(f"    - the device: {phases['device_span_ms']:.1f} ms from reaching the "
