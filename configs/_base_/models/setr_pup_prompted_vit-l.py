@@ -29,8 +29,8 @@ aux_head = dict(
 
 model = dict(
     type='DAVPTEncoderDecoder',
-    # mmseg's SegDataPreProcessor (same arguments, same output to the bit) with the batch
-    # copied to the device in two asynchronous copies (davpt_seg/models/data_preprocessor.py).
+    # mmseg's SegDataPreProcessor (same arguments, same output to the bit) with copies that
+    # do not wait and the batch normalised as one tensor (models/data_preprocessor.py).
     data_preprocessor=dict(type='FastSegDataPreProcessor'),
     # PromptedViT loads its own weights (init_cfg); EncoderDecoder's `pretrained` would be
     # forwarded to the backbone as an unknown argument.
