@@ -709,6 +709,25 @@ def stamp_finish(results: dict):
     results['finished'] = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())
 
 
+def stage_publisher(results: dict, start: float, summarise: Callable[[dict], None],
+                    on_update: Optional[Callable[[dict], None]]) -> Callable[[], None]:
+    """What a staged run (suite, throughput) calls after every stage: the elapsed time,
+    finish stamp and summary go into ``results``, which ``on_update`` then receives, so a
+    run stopped from outside keeps what it measured."""
+    def update():
+        results['elapsed_seconds'] = time.monotonic() - start
+        stamp_finish(results)
+        summarise(results)
+        if on_update is not None:
+            on_update(results)
+    return update
+
+
+def budget_check(start: float, budget_s: Optional[float]) -> Callable[[], bool]:
+    """Whether ``budget_s`` seconds have passed since ``start`` (never, without a budget)."""
+    return lambda: budget_s is not None and time.monotonic() - start > budget_s
+
+
 def fmt_bytes(num: Optional[int]) -> str:
     if num is None:
         return 'n/a'

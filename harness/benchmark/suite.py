@@ -30,7 +30,7 @@ from dataclasses import asdict
 from typing import Callable, List, Optional, Sequence
 
 from .measure import (_device_name, _start_context, _Worker, answer_once, describe_machine,
-                      loadavg, median_ratio, stamp_finish)
+                      budget_check, loadavg, median_ratio, stage_publisher)
 from .settings import (PRECISIONS, REFERENCE, SDPA_BACKENDS, SUITE_VARIANTS, VARIANT_NOTES,
                        VARIANTS, Setting)
 
@@ -243,8 +243,7 @@ def run_suite(setting: Setting, variants: Sequence[str] = SUITE_VARIANTS,
         [dict(precision=p, compile=True) for p in dict.fromkeys(compile_precisions)]
     start = time.monotonic()
 
-    def over_budget() -> bool:
-        return budget_s is not None and time.monotonic() - start > budget_s
+    over_budget = budget_check(start, budget_s)
 
     context, method = _start_context(start_method, device)
     options = dict(device=device, threads=threads, sdpa=sdpa, compile_backend=compile_backend)
@@ -258,12 +257,7 @@ def run_suite(setting: Setting, variants: Sequence[str] = SUITE_VARIANTS,
         stage_seconds={}, started=time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
         loadavg_start=loadavg())
 
-    def update():
-        results['elapsed_seconds'] = time.monotonic() - start
-        stamp_finish(results)
-        summarise_suite(results)
-        if on_update is not None:
-            on_update(results)
+    update = stage_publisher(results, start, summarise_suite, on_update)
 
     if smoke_iters:
         progress(f'smoke training: {osp.basename(smoke_config)}, {smoke_iters} iterations')

@@ -33,7 +33,7 @@ from dataclasses import asdict, replace
 from typing import Callable, List, Optional, Sequence
 
 from .measure import (_device_name, _start_context, _Worker, answer_once, describe_machine,
-                      fmt_bytes, loadavg, stamp_finish)
+                      budget_check, fmt_bytes, loadavg, stage_publisher)
 from .settings import PRECISIONS, Setting
 from .suite import SMOKE_CONFIG, _first_line, run_smoke
 
@@ -109,15 +109,9 @@ def run_throughput(setting: Setting, device: str = 'cuda', precision: str = 'bf1
         started=time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
         loadavg_start=loadavg())
 
-    def update():
-        results['elapsed_seconds'] = time.monotonic() - start
-        stamp_finish(results)
-        summarise_throughput(results)
-        if on_update is not None:
-            on_update(results)
+    update = stage_publisher(results, start, summarise_throughput, on_update)
 
-    def over_budget() -> bool:
-        return budget_s is not None and time.monotonic() - start > budget_s
+    over_budget = budget_check(start, budget_s)
 
     def stage(name: str, fn: Callable[[], None]):
         if name not in stages:
